@@ -1,0 +1,82 @@
+"""lm-eval model ``linearized``: lm-eval's HF wrapper for linearize checkpoints, GGUF files and aliases.
+
+Registered in lm-eval's model registry when :mod:`linearize.eval` is imported. It is
+:class:`lm_eval.models.huggingface.HFLM` with three additions:
+
+* ``import linearize`` first, so ``AutoModelForCausalLM.from_pretrained(dir)`` rebuilds converted
+  (Linearized*) checkpoints;
+* ``pretrained`` may also be an alias (``smollm2-135m``), a ``.gguf`` file, or a directory with a
+  ``gguf_file=`` model arg: these are loaded through :func:`linearize.loading.load_model`
+  (de-quantised to ``dtype``, float32 by default);
+* ``device`` defaults to ``cuda`` when available, else ``cpu`` (HFLM's default is ``cuda``).
+
+Python::
+
+    import linearize.eval, lm_eval
+    lm_eval.simple_evaluate(model="linearized", model_args={"pretrained": "out/student"},
+                           tasks=["local_piqa"], task_manager=linearize.eval.task_manager())
+
+Command line (lm-eval's own ``lm_eval`` cannot import this module, so use the thin wrapper; it
+registers the model, adds ``--include_path`` for the local tasks and forwards every argument)::
+
+    python -m linearize.eval.harness --model linearized --model_args pretrained=out/student \\
+        --tasks local_piqa,local_arc_easy --batch_size 8 --device cpu \\
+        [--metadata '{"data_dir": "/path/to/data"}']
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+import lm_eval.models  # noqa: F401  (registers lm-eval's own models before ours; see get_model)
+from lm_eval.api.registry import model_registry, register_model
+from lm_eval.models.huggingface import HFLM
+
+MODEL_NAME = "linearized"
+
+
+class LinearizedLM(HFLM):
+    """HFLM that loads linearize checkpoints (converted dirs, plain HF dirs, GGUF files, aliases).
+
+    Extra model args beyond HFLM's: ``gguf_file`` is honoured for any directory (HFLM's own
+    handling is bypassed so the de-quantised model is an ordinary float model).
+    """
+
+    def __init__(self, pretrained="smollm2-135m", gguf_file: str | None = None, device: str | None = None,
+                 dtype="auto", tokenizer=None, **kwargs):
+        import linearize  # noqa: F401  (registers the Linearized* auto classes)
+        from linearize.loading import load_model, resolve_checkpoint
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if isinstance(pretrained, str):
+            ref = resolve_checkpoint(pretrained, gguf_file)
+            if ref.gguf_file:
+                load_dtype = None if dtype in (None, "auto") else dtype
+                model, tok = load_model(ref.path, gguf_file=ref.gguf_file, dtype=load_dtype, device=device)
+                pretrained, tokenizer = model, tokenizer or tok
+            else:
+                pretrained = ref.path
+        super().__init__(pretrained=pretrained, device=device, dtype=dtype, tokenizer=tokenizer, **kwargs)
+
+
+if MODEL_NAME not in model_registry:
+    register_model(MODEL_NAME)(LinearizedLM)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``lm_eval`` command line with the ``linearized`` model registered and the local tasks included."""
+    from lm_eval.__main__ import cli_evaluate
+
+    from .suite import TASKS_DIR
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a == "--include_path" or a.startswith("--include_path=") for a in argv):
+        argv += ["--include_path", str(TASKS_DIR)]
+    sys.argv = ["lm_eval", *argv]
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Sliding-window softmax + (gated) linear attention under one normaliser: Hedgehog and Lizard.
+
+For query i (window w, G = cumsum(g), gamma = sigmoid(mix) per head):
+
+    softmax half (window.py):  num_sm, den_sm over keys i-w < j <= i and the meta tokens
+    linear half, keys the window has dropped (j <= i - w):
+        num_lin = sum_j (fq_i * exp(G_i - G_j)) . fk_j  v_j
+        den_lin = sum_j (fq_i * exp(G_i - G_j)) . fk_j
+    o_i = (gamma num_sm + (1 - gamma) num_lin) / (gamma den_sm + (1 - gamma) den_lin)
+
+Hedgehog has no gate (g = None, G = 0) and no meta tokens; Lizard has both.
+
+Chunked form: the linear half is plain causal GLA over keys shifted right by w,
+k'_t = fk_{t-w} * exp(G_t - G_{t-w}), v'_t = [v_{t-w}, 1] (the 1 carries the normaliser).
+Recurrent form: a ring buffer of the last w keys; when key t-w leaves it, it enters the state
+with the decay accumulated while it sat in the window (the sum of the ring's gates).
+
+Shapes: q, k: [B, H, T, D] (after RoPE); v: [B, H, T, V]; fq, fk: [B, H, T, F] (>= 0);
+g: [B, H, T, F] log-decay <= 0 or None; mix: [H]; valid: [B, T] bool or None;
+meta_k: [H, M, D], meta_v: [H, M, V] or None. Padded steps must arrive with fk = v = g = 0.
+"""
+from __future__ import annotations
+
+import torch
+
+from .gla import gla_chunked, gla_step
+from .window import window_chunked, window_parallel, window_step
+
+
+def combine(num_sm, den_sm, num_lin, den_lin, mix, linear_enabled=True):
+    """Shared normaliser. num: [B, H, T, V] (or [B, H, V]); den: num without the last dim."""
+    if not linear_enabled:
+        num, den = num_sm, den_sm
+    else:
+        shape = (1, -1) + (1,) * (den_sm.dim() - 2)
+        gamma = torch.sigmoid(mix.float()).to(den_sm.dtype).reshape(shape)
+        num = gamma.unsqueeze(-1) * num_sm + (1 - gamma.unsqueeze(-1)) * num_lin.to(num_sm.dtype)
+        den = gamma * den_sm + (1 - gamma) * den_lin.to(den_sm.dtype)
+    ok = den > 0  # a padded query that sees nothing gets 0, not nan
+    safe = torch.where(ok, den, torch.ones_like(den))
+    return torch.where(ok.unsqueeze(-1), num / safe.unsqueeze(-1), torch.zeros_like(num))
+
+
+def hybrid_parallel(q, k, v, fq, fk, g, mix, window, scale, valid=None, meta_k=None, meta_v=None,
+                    linear_enabled=True, return_weights=False):
+    """Reference form: explicit [T, T] (and [T, T, F] decay) tensors. Returns o [B, H, T, V], or
+    with ``return_weights`` the normalised weights [B, H, T, T] each query puts on each key."""
+    T = q.shape[2]
+    num_sm, den_sm, p = window_parallel(q, k, v, scale, window, valid, meta_k, meta_v, return_probs=True)
+    i = torch.arange(T, device=q.device)
+    lin_mask = (i[:, None] - i[None, :] >= window)[None, None]
+    if valid is not None:
+        lin_mask = lin_mask & valid[:, None, None, :]
+    if g is None:
+        a = fq @ fk.transpose(-1, -2)
+    else:
+        G = g.double().cumsum(2)
+        diff = (G.unsqueeze(3) - G.unsqueeze(2)).masked_fill(~lin_mask[..., None], -1e300)
+        a = torch.einsum("bhif,bhjf,bhijf->bhij", fq, fk, diff.exp().to(fq.dtype))
+    a = a.masked_fill(~lin_mask, 0)
+    if return_weights:  # the same combination as `combine`, applied to the weights instead of values
+        return combine(p, den_sm, a, a.sum(-1), mix, linear_enabled)
+    return combine(num_sm, den_sm, a @ v, a.sum(-1), mix, linear_enabled)
+
+
+def _shift(x, w):
+    """x: [B, H, T, C] -> x_{t-w} (zeros for t < w)."""
+    T = x.shape[2]
+    return torch.nn.functional.pad(x, (0, 0, w, 0))[:, :, :T]
+
+
+def lagged_keys(fk, v, g, window):
+    """The linear half's GLA inputs: keys shifted by w carrying their in-window decay, and
+    values with a ones column for the normaliser. Returns (k' [B,H,T,F], v' [B,H,T,V+1])."""
+    # a padded step carries fk = 0, so its ones column never reaches the state
+    vv = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+    k_shift = _shift(fk, window)
+    if g is not None:
+        # G_t - G_{t-w}, summed in float64: a float32 cumsum over long T loses the differences
+        G = torch.nn.functional.pad(g.double().cumsum(2), (0, 0, 1, 0))
+        Tp = G.shape[2]
+        idx = torch.arange(1, Tp, device=g.device)
+        in_window = G[:, :, idx] - G[:, :, (idx - window).clamp(min=0)]
+        k_shift = k_shift * in_window.exp().to(fk.dtype)
+    return k_shift, _shift(vv, window)
+
+
+def hybrid_chunked(q, k, v, fq, fk, g, mix, window, scale, valid=None, meta_k=None, meta_v=None,
+                   linear_enabled=True, chunk_size=64, return_state=False):
+    """Linear-time form. Returns o [B, H, T, V], and with ``return_state`` the recurrent state
+    after the last token (what ``hybrid_step`` continues from)."""
+    num_sm, den_sm = window_chunked(q, k, v, scale, window, valid, meta_k, meta_v, chunk_size)
+    V = v.shape[-1]
+    if linear_enabled or return_state:
+        kk, vv = lagged_keys(fk, v, g, window)
+        o_lin, S = gla_chunked(fq, kk, vv, gk=g, chunk_size=chunk_size)
+        num_lin, den_lin = o_lin[..., :V], o_lin[..., V]
+    else:
+        num_lin = den_lin = None
+    o = combine(num_sm, den_sm, num_lin, den_lin, mix, linear_enabled)
+    if not return_state:
+        return o
+    return o, ring_state_from_sequence(k, v, fk, g, valid, window, S)
+
+
+# ----------------------------------------------------------------------------- recurrent form
+
+def init_state(B, H, D, V, F, window, gated, device, dtype):
+    """Empty recurrent state. Ring slots hold post-RoPE keys; slot of position p is p % window."""
+    sdt = torch.float64 if dtype == torch.float64 else torch.float32
+    state = {
+        "k": torch.zeros(B, H, window, D, device=device, dtype=dtype),
+        "v": torch.zeros(B, H, window, V, device=device, dtype=dtype),
+        "fk": torch.zeros(B, H, window, F, device=device, dtype=dtype),
+        "valid": torch.zeros(B, window, device=device, dtype=torch.bool),
+        "S": torch.zeros(B, H, F, V + 1, device=device, dtype=sdt),
+        "n": 0,
+    }
+    if gated:
+        state["g"] = torch.zeros(B, H, window, F, device=device, dtype=sdt)
+    return state
+
+
+def ring_state_from_sequence(k, v, fk, g, valid, window, S):
+    """The state after a full sequence: the last w tokens in their ring slots, plus S."""
+    B, H, T, D = k.shape
+    state = init_state(B, H, D, v.shape[-1], fk.shape[-1], window, g is not None, k.device, k.dtype)
+    state["S"].copy_(S)
+    pos = torch.arange(max(0, T - window), T, device=k.device)
+    slots = pos % window
+    state["k"][:, :, slots] = k[:, :, pos]
+    state["v"][:, :, slots] = v[:, :, pos]
+    state["fk"][:, :, slots] = fk[:, :, pos]
+    state["valid"][:, slots] = True if valid is None else valid[:, pos]
+    if g is not None:
+        state["g"][:, :, slots] = g[:, :, pos].to(state["g"].dtype)
+    state["n"] = T
+    return state
+
+
+def hybrid_step(state, q, k, v, fq, fk, g, mix, scale, valid=None, meta_k=None, meta_v=None,
+                linear_enabled=True):
+    """One token. q, k: [B, H, D]; v: [B, H, V]; fq, fk, g: [B, H, F]; valid: [B] bool or None.
+    Updates ``state`` in place; returns o [B, H, V]."""
+    n, w = state["n"], state["k"].shape[2]
+    slot = n % w
+    S = state["S"]
+    if n >= w:  # key n - w leaves the window and enters the linear state
+        ek = state["fk"][:, :, slot].to(S.dtype, copy=True)  # 0 for a padded token
+        ev = torch.cat([state["v"][:, :, slot], torch.ones_like(v[..., :1])], -1)
+    state["k"][:, :, slot] = k
+    state["v"][:, :, slot] = v
+    state["fk"][:, :, slot] = fk
+    state["valid"][:, slot] = True if valid is None else valid
+    if g is not None:
+        state["g"][:, :, slot] = g.to(state["g"].dtype)
+        S.mul_(g.to(S.dtype).exp().unsqueeze(-1))
+    if n >= w:
+        if g is not None:
+            ek = ek * state["g"].sum(2).exp()  # decay while it sat in the window: gates n-w+1..n
+        S.add_(ek.unsqueeze(-1) * ev.to(S.dtype).unsqueeze(-2))
+    state["n"] = n + 1
+    num_sm, den_sm = window_step(q, state["k"], state["v"], state["valid"], scale, meta_k, meta_v)
+    lin = torch.einsum("bhf,bhfv->bhv", fq.to(S.dtype), S)
+    V = v.shape[-1]
+    return combine(num_sm, den_sm, lin[..., :V], lin[..., V], mix, linear_enabled)
+
+
+def hybrid_recurrent(q, k, v, fq, fk, g, mix, window, scale, valid=None, meta_k=None, meta_v=None,
+                     linear_enabled=True, state=None):
+    """Token-by-token loop over ``hybrid_step``. Returns (o [B, H, T, V], state)."""
+    B, H, T, D = q.shape
+    if state is None:
+        state = init_state(B, H, D, v.shape[-1], fk.shape[-1], window, g is not None, q.device, q.dtype)
+    out = []
+    for t in range(T):
+        out.append(hybrid_step(
+            state, q[:, :, t], k[:, :, t], v[:, :, t], fq[:, :, t], fk[:, :, t],
+            None if g is None else g[:, :, t], mix, scale,
+            None if valid is None else valid[:, t], meta_k, meta_v, linear_enabled,
+        ).to(v.dtype))
+    return torch.stack(out, 2), state

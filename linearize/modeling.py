@@ -1,0 +1,111 @@
+"""Linearized*Config / Linearized*ForCausalLM for each supported family, registered with the
+Auto classes so a converted checkpoint reloads with ``AutoModelForCausalLM.from_pretrained``.
+
+Each class subclasses the family's own (LlamaForCausalLM, ...): building it builds the original
+model and swaps the attention per ``config.linearize``; the weights keep their original names.
+Its ``forward`` routes the 2-D padding mask to the linear layers, and gives ``generate`` a
+LinearizedCache (fixed-size recurrent state) instead of a growing key/value cache.
+"""
+from __future__ import annotations
+
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from .cache import LinearizedCache
+from .config import LinearizeConfig
+
+
+def _make_family(family: str, config_cls, model_cls):
+    model_type = f"linearized_{family}"
+
+    class LinConfig(config_cls):
+        def __init__(self, linearize: dict | None = None, **kwargs):
+            # validated here so that a hand-edited config fails on load, not mid-forward
+            self.linearize = LinearizeConfig.from_dict(linearize or {}).to_dict()
+            super().__init__(**kwargs)
+
+    LinConfig.model_type = model_type
+    LinConfig.__name__ = LinConfig.__qualname__ = f"Linearized{config_cls.__name__}"
+
+    class LinModel(model_cls):
+        config_class = LinConfig
+
+        def __init__(self, config):
+            super().__init__(config)
+            from .surgery import swap_attention
+
+            swap_attention(self, LinearizeConfig.from_dict(config.linearize))
+
+        @property
+        def linearize_config(self) -> LinearizeConfig:
+            return LinearizeConfig.from_dict(self.config.linearize)
+
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                    inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+            if use_cache is None:  # a plain forward builds no state; generate asks for it explicitly
+                use_cache = past_key_values is not None
+            if use_cache and (past_key_values is None or
+                              (not isinstance(past_key_values, LinearizedCache) and past_key_values.get_seq_length() == 0)):
+                past_key_values = LinearizedCache.for_model(self)  # replaces generate's empty DynamicCache
+            elif past_key_values is not None and not isinstance(past_key_values, LinearizedCache):
+                raise TypeError(f"a linearized model continues only a LinearizedCache, got {type(past_key_values).__name__}")
+            padding = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+            if not self._has_softmax_layers():
+                attention_mask = None  # nothing would read the 4-D mask: skip building it
+            return super().forward(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
+                use_cache=use_cache, logits_to_keep=logits_to_keep, linearize_padding_mask=padding, **kwargs,
+            )
+
+        def _has_softmax_layers(self) -> bool:
+            lcfg = self.linearize_config
+            return any(lcfg.method_for_layer(i) == "softmax" for i in range(self.config.num_hidden_layers))
+
+        @classmethod
+        def from_pretrained(cls, *args, **kwargs):
+            want_info = kwargs.pop("output_loading_info", False)
+            model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+            bad = {k: sorted(info[k])[:8] for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
+            if bad:
+                method = model.config.linearize.get("method")
+                raise ValueError(
+                    f"checkpoint does not match its linearize config (method {method!r}): {bad}; "
+                    "was it saved by another method or edited by hand?"
+                )
+            model.eval()
+            return (model, info) if want_info else model
+
+    LinModel.__name__ = LinModel.__qualname__ = f"Linearized{model_cls.__name__}"
+    LinModel.__module__ = __name__
+    LinConfig.__module__ = __name__
+    return LinConfig, LinModel
+
+
+# model_type -> (original config class, original model class, linearized config, linearized model)
+FAMILIES = {}
+for _family, _cfg, _model in (
+    ("llama", LlamaConfig, LlamaForCausalLM),
+    ("mistral", MistralConfig, MistralForCausalLM),
+    ("qwen2", Qwen2Config, Qwen2ForCausalLM),
+):
+    _lc, _lm = _make_family(_family, _cfg, _model)
+    FAMILIES[_family] = (_cfg, _model, _lc, _lm)
+    globals()[_lc.__name__] = _lc
+    globals()[_lm.__name__] = _lm
+
+LINEARIZED_MODEL_TYPES = {lc.model_type: lm for _, _, lc, lm in FAMILIES.values()}
+
+
+def register_auto_classes() -> None:
+    for _, _, lc, lm in FAMILIES.values():
+        AutoConfig.register(lc.model_type, lc, exist_ok=True)
+        AutoModelForCausalLM.register(lc, lm, exist_ok=True)
