@@ -8,7 +8,8 @@ Registered in lm-eval's model registry when :mod:`linearize.eval` is imported. I
 * ``pretrained`` may also be an alias (``smollm2-135m``), a ``.gguf`` file, or a directory with a
   ``gguf_file=`` model arg: these are loaded through :func:`linearize.loading.load_model`
   (de-quantised to ``dtype``, float32 by default);
-* ``device`` defaults to ``cuda`` when available, else ``cpu`` (HFLM's default is ``cuda``).
+* ``device`` defaults to ``cuda`` when available, else ``cpu`` (HFLM's default is ``cuda``);
+* ``backend`` defaults to ``causal`` (converted configs are not in transformers' causal-LM table).
 
 Python::
 
@@ -44,7 +45,7 @@ class LinearizedLM(HFLM):
     """
 
     def __init__(self, pretrained="smollm2-135m", gguf_file: str | None = None, device: str | None = None,
-                 dtype="auto", tokenizer=None, **kwargs):
+                 dtype="auto", tokenizer=None, backend: str = "causal", **kwargs):
         import linearize  # noqa: F401  (registers the Linearized* auto classes)
         from linearize.loading import load_model, resolve_checkpoint
 
@@ -58,7 +59,8 @@ class LinearizedLM(HFLM):
                 pretrained, tokenizer = model, tokenizer or tok
             else:
                 pretrained = ref.path
-        super().__init__(pretrained=pretrained, device=device, dtype=dtype, tokenizer=tokenizer, **kwargs)
+        super().__init__(pretrained=pretrained, device=device, dtype=dtype, tokenizer=tokenizer, backend=backend,
+                         **kwargs)
 
 
 if MODEL_NAME not in model_registry:

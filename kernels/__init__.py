@@ -1,0 +1,61 @@
+"""Triton kernels for linearize (imported as ``linearize.kernels``).
+
+Importing this package registers, with ``linearize.attention.dispatch``:
+
+    ("hybrid", "step")     decode.hybrid_step_triton   one launch per layer and step (hedgehog, lizard)
+    ("gsa", "step")        decode.gsa_step_triton      one launch per layer and step
+    ("hybrid", "chunked")  chunk.hybrid_chunked_triton linear half in Triton GLA (fwd + bwd)
+    ("gsa", "chunked")     chunk.gsa_chunked_triton    both GLA passes in Triton (fwd + bwd)
+
+each for CUDA tensors only; anything else (CPU, no Triton) keeps the PyTorch reference.
+LINEARIZE_KERNELS=0 forces the references everywhere.
+"""
+from __future__ import annotations
+
+AVAILABLE = False
+try:  # pragma: no cover - depends on the platform
+    import triton  # noqa: F401
+
+    AVAILABLE = True
+except ImportError:  # pragma: no cover
+    pass
+
+
+
+def _ok(*ts) -> bool:
+    import torch
+
+    return all(t is None or (t.is_cuda and t.dtype in (torch.float16, torch.bfloat16, torch.float32)) for t in ts)
+
+
+def _hybrid_step_when(**kw) -> bool:
+    q = kw.get("q")
+    return q is not None and q.dim() >= 3 and _ok(q, kw.get("k"), kw.get("v"), kw.get("fq"), kw.get("fk"))
+
+
+def _gsa_when(**kw) -> bool:
+    q = kw.get("q")
+    return q is not None and _ok(q, kw.get("k"), kw.get("v"))
+
+
+def register_all() -> bool:
+    """Register the kernels with the dispatch table (idempotent). False when Triton is missing."""
+    if not AVAILABLE:
+        return False
+    from linearize.attention import dispatch
+
+    from . import chunk, decode
+
+    have = {fn for form in ("step", "chunked") for op in ("hybrid", "gsa") for fn in dispatch.registered(op, form)}
+    for op, form, fn, when in (
+        ("hybrid", "step", decode.hybrid_step_triton, _hybrid_step_when),
+        ("gsa", "step", decode.gsa_step_triton, _gsa_when),
+        ("hybrid", "chunked", chunk.hybrid_chunked_triton, _hybrid_step_when),
+        ("gsa", "chunked", chunk.gsa_chunked_triton, _gsa_when),
+    ):
+        if fn not in have:
+            dispatch.register(op, form, fn, when=when)
+    return True
+
+
+register_all()

@@ -118,12 +118,8 @@ def is_heldout(text: str, fraction: float, seed: int) -> bool:
 
 
 def _looks_local(path: str) -> bool:
-    return (
-        os.path.isabs(path)
-        or path.startswith((".", "~"))
-        or path.endswith(LOCAL_EXTS)
-        or os.sep in path.rstrip(os.sep) and path.count("/") > 1
-    )
+    """A path, not a hub name ("org/name" has one slash and no data-file extension)."""
+    return os.path.isabs(path) or path.startswith((".", "~")) or path.endswith(LOCAL_EXTS) or path.count("/") > 1
 
 
 def shard_sources(folder: str) -> dict[str, list[str]]:
@@ -187,6 +183,8 @@ def load_records(cfg: DataConfig):
 
     path = resolve_path(cfg.path)
     if os.path.isfile(path):
+        if os.path.getsize(path) == 0:
+            raise DataError(f"dataset {cfg.path} is empty (0 bytes)")
         if path.endswith(".parquet"):
             kind, kw = "parquet", {}
         elif path.endswith(".txt"):
@@ -284,12 +282,14 @@ def tokenize_stream(
         enc = iter(tokenizer(texts, add_special_tokens=True)["input_ids"]) if texts else iter(())
         eos = tokenizer.eos_token_id
         for split, d in pending:
+            # take this document's encoding first: `enc` must stay aligned with `pending`
+            plain = None if d.prompt else next(enc)
             if full(split):
                 continue
             if d.prompt:
                 ids, labels = tokenize_document(d, tokenizer, cfg.mask_prompt)
             else:
-                ids = next(enc) + ([eos] if eos is not None else [])
+                ids = plain + ([eos] if eos is not None else [])
                 labels = ids
             bufs[split][0].append(np.asarray(ids, dtype=np.int64))
             if keep_labels:

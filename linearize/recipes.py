@@ -163,11 +163,16 @@ class FinetuneConfig(StageConfig):
 
 @dataclass
 class EvalConfig:
-    """What ``run`` evaluates at the end (``linearize.eval.report.run_report``); no tasks = skip."""
+    """What ``run`` evaluates at the end (``linearize.eval.report.run_report``); no tasks = skip.
+
+    tasks:  lm-eval short names (piqa, arc_easy, ...).
+    limit:  documents per task (None = all).
+    probes: context lengths of the recall probes (empty = no probes).
+    """
 
     tasks: list[str] = field(default_factory=list)
     limit: Optional[int] = None
-    probes: list[str] = field(default_factory=list)
+    probes: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -415,7 +415,7 @@ def train(
                 step_loss = acc.reduce(step_loss, "mean")
             if not torch.isfinite(step_loss):
                 opt.zero_grad(set_to_none=True)
-                raise NonFiniteLossError(step, float(step_loss), last_good)
+                raise NonFiniteLossError(step + 1, float(step_loss), last_good)  # 1-based, as in metrics
             grad_norm = None
             if cfg.max_grad_norm and cfg.max_grad_norm > 0:
                 grad_norm = float(acc.clip_grad_norm_(list(named.values()), cfg.max_grad_norm))

@@ -33,7 +33,7 @@ def combine(num_sm, den_sm, num_lin, den_lin, mix, linear_enabled=True):
         num, den = num_sm, den_sm
     else:
         shape = (1, -1) + (1,) * (den_sm.dim() - 2)
-        gamma = torch.sigmoid(mix.float()).to(den_sm.dtype).reshape(shape)
+        gamma = torch.sigmoid(mix.to(torch.promote_types(mix.dtype, torch.float32))).to(den_sm.dtype).reshape(shape)
         num = gamma.unsqueeze(-1) * num_sm + (1 - gamma.unsqueeze(-1)) * num_lin.to(num_sm.dtype)
         den = gamma * den_sm + (1 - gamma) * den_lin.to(den_sm.dtype)
     ok = den > 0  # a padded query that sees nothing gets 0, not nan

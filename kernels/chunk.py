@@ -1,0 +1,378 @@
+"""Triton chunked gated linear attention (forward and backward) with autograd, and the hybrid /
+GSA chunked forms built on it.
+
+Same math as linearize.attention.gla.gla_chunked: inside a chunk of BT steps the decays are taken
+relative to the chunk start (q e^{G}, k e^{-G}, v e^{-Gv}); a [K, V] fp32 state is carried between
+chunks. Four kernels:
+
+  fwd_h   per (value block, head): walks the chunks, stores the state at each chunk start
+  fwd_o   per (value block, chunk, head): o = q_in h_n + tril(q_in k_in^T) v_in
+  bwd_dh  per (value block, head): walks the chunks backwards, stores dL/d(state at chunk end)
+  bwd_dqkv per (chunk, head): dq, dk, dv from the stored states and their gradients
+
+The gate gradients come from the identity dL/dG_t = q_t dq_t - k_t dk_t (key gate) and
+o_t do_t - v_t dv_t (value gate) plus the final state's term, reverse-cumsummed over time.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _fwd_h_kernel(k_ptr, v_ptr, gk_ptr, gv_ptr, h0_ptr, h_ptr, hT_ptr,
+                  T, K, V, NT,
+                  HAS_GK: tl.constexpr, HAS_GV: tl.constexpr, HAS_H0: tl.constexpr,
+                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    iv = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    ok_ = tl.arange(0, BK)
+    ov = iv * BV + tl.arange(0, BV)
+    ot = tl.arange(0, BT)
+    mk = ok_ < K
+    mv = ov < V
+    mkv = mk[:, None] & mv[None, :]
+    if HAS_H0:
+        h = tl.load(h0_ptr + bh * K * V + ok_[:, None] * V + ov[None, :], mask=mkv, other=0.).to(tl.float32)
+    else:
+        h = tl.zeros([BK, BV], dtype=tl.float32)
+    for n in range(NT):
+        tl.store(h_ptr + (bh * NT + n) * K * V + ok_[:, None] * V + ov[None, :], h, mask=mkv)
+        t = n * BT + ot
+        kc = tl.load(k_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
+        vc = tl.load(v_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
+        if HAS_GK:
+            gk = tl.load(gk_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
+            gkl = tl.load(gk_ptr + (bh * T + n * BT + BT - 1) * K + ok_, mask=mk, other=0.)
+            kc = (kc * tl.exp(gkl[None, :] - gk)).to(kc.dtype)
+            h = h * tl.exp(gkl)[:, None]
+        if HAS_GV:
+            gv = tl.load(gv_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
+            gvl = tl.load(gv_ptr + (bh * T + n * BT + BT - 1) * V + ov, mask=mv, other=0.)
+            vc = (vc * tl.exp(gvl[None, :] - gv)).to(vc.dtype)
+            h = h * tl.exp(gvl)[None, :]
+        h += tl.dot(tl.trans(kc), vc)
+    tl.store(hT_ptr + bh * K * V + ok_[:, None] * V + ov[None, :], h, mask=mkv)
+
+
+@triton.jit
+def _fwd_o_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, o_ptr,
+                  T, K, V, NT,
+                  HAS_GK: tl.constexpr, HAS_GV: tl.constexpr,
+                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    iv = tl.program_id(0)
+    n = tl.program_id(1)
+    bh = tl.program_id(2).to(tl.int64)
+    ok_ = tl.arange(0, BK)
+    ov = iv * BV + tl.arange(0, BV)
+    ot = tl.arange(0, BT)
+    mk = ok_ < K
+    mv = ov < V
+    t = n * BT + ot
+    qc = tl.load(q_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
+    kc = tl.load(k_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
+    vc = tl.load(v_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
+    if HAS_GK:
+        gk = tl.load(gk_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
+        qc = (qc * tl.exp(gk)).to(qc.dtype)
+        kc = (kc * tl.exp(-gk)).to(kc.dtype)
+    if HAS_GV:
+        gv = tl.load(gv_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
+        vc = (vc * tl.exp(-gv)).to(vc.dtype)
+    h = tl.load(h_ptr + (bh * NT + n) * K * V + ok_[:, None] * V + ov[None, :], mask=mk[:, None] & mv[None, :], other=0.)
+    A = tl.dot(qc, tl.trans(kc))
+    A = tl.where(ot[:, None] >= ot[None, :], A, 0.).to(vc.dtype)
+    o = tl.dot(qc, h.to(qc.dtype)) + tl.dot(A, vc)
+    if HAS_GV:
+        o = o * tl.exp(gv)
+    tl.store(o_ptr + (bh * T + t[:, None]) * V + ov[None, :], o.to(o_ptr.dtype.element_ty), mask=mv[None, :])
+
+
+@triton.jit
+def _bwd_dh_kernel(q_ptr, do_ptr, gk_ptr, gv_ptr, dhT_ptr, dh_ptr, dh0_ptr,
+                   T, K, V, NT,
+                   HAS_GK: tl.constexpr, HAS_GV: tl.constexpr, HAS_DHT: tl.constexpr,
+                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    iv = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    ok_ = tl.arange(0, BK)
+    ov = iv * BV + tl.arange(0, BV)
+    ot = tl.arange(0, BT)
+    mk = ok_ < K
+    mv = ov < V
+    mkv = mk[:, None] & mv[None, :]
+    if HAS_DHT:
+        dh = tl.load(dhT_ptr + bh * K * V + ok_[:, None] * V + ov[None, :], mask=mkv, other=0.).to(tl.float32)
+    else:
+        dh = tl.zeros([BK, BV], dtype=tl.float32)
+    for i in range(NT):
+        n = NT - 1 - i
+        tl.store(dh_ptr + (bh * NT + n) * K * V + ok_[:, None] * V + ov[None, :], dh, mask=mkv)
+        t = n * BT + ot
+        qc = tl.load(q_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
+        dc = tl.load(do_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
+        if HAS_GK:
+            gk = tl.load(gk_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
+            gkl = tl.load(gk_ptr + (bh * T + n * BT + BT - 1) * K + ok_, mask=mk, other=0.)
+            qc = (qc * tl.exp(gk)).to(qc.dtype)
+            dh = dh * tl.exp(gkl)[:, None]
+        if HAS_GV:
+            gv = tl.load(gv_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
+            gvl = tl.load(gv_ptr + (bh * T + n * BT + BT - 1) * V + ov, mask=mv, other=0.)
+            dc = (dc * tl.exp(gv)).to(dc.dtype)
+            dh = dh * tl.exp(gvl)[None, :]
+        dh += tl.dot(tl.trans(qc), dc.to(qc.dtype))
+    tl.store(dh0_ptr + bh * K * V + ok_[:, None] * V + ov[None, :], dh, mask=mkv)
+
+
+@triton.jit
+def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
+                     dq_ptr, dk_ptr, dv_ptr,
+                     T, K, V, NT,
+                     HAS_GK: tl.constexpr, HAS_GV: tl.constexpr,
+                     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    ok_ = tl.arange(0, BK)
+    ot = tl.arange(0, BT)
+    mk = ok_ < K
+    t = n * BT + ot
+    qc = tl.load(q_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
+    kc = tl.load(k_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
+    dt = qc.dtype
+    if HAS_GK:
+        gk = tl.load(gk_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
+        gkl = tl.load(gk_ptr + (bh * T + n * BT + BT - 1) * K + ok_, mask=mk, other=0.)
+        q_in = (qc * tl.exp(gk)).to(dt)
+        k_in = (kc * tl.exp(-gk)).to(dt)
+        k_out = (kc * tl.exp(gkl[None, :] - gk)).to(dt)
+    else:
+        q_in = qc
+        k_in = kc
+        k_out = kc
+    A = tl.dot(q_in, tl.trans(k_in))
+    causal = ot[:, None] >= ot[None, :]
+    A = tl.where(causal, A, 0.).to(dt)
+    dq = tl.zeros([BT, BK], dtype=tl.float32)
+    dk = tl.zeros([BT, BK], dtype=tl.float32)
+    dA = tl.zeros([BT, BT], dtype=tl.float32)
+    for v0 in range(0, V, BV):
+        ov = v0 + tl.arange(0, BV)
+        mv = ov < V
+        mkv = mk[:, None] & mv[None, :]
+        vc = tl.load(v_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
+        dc = tl.load(do_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
+        if HAS_GV:
+            gv = tl.load(gv_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
+            gvl = tl.load(gv_ptr + (bh * T + n * BT + BT - 1) * V + ov, mask=mv, other=0.)
+            e_in = tl.exp(-gv)
+            e_out = tl.exp(gvl[None, :] - gv)
+            v_in = (vc * e_in).to(dt)
+            v_out = (vc * e_out).to(dt)
+            dc = (dc * tl.exp(gv)).to(dt)
+        else:
+            v_in = vc.to(dt)
+            v_out = vc.to(dt)
+            dc = dc.to(dt)
+        h = tl.load(h_ptr + (bh * NT + n) * K * V + ok_[:, None] * V + ov[None, :], mask=mkv, other=0.).to(dt)
+        dh = tl.load(dh_ptr + (bh * NT + n) * K * V + ok_[:, None] * V + ov[None, :], mask=mkv, other=0.).to(dt)
+        dq += tl.dot(dc, tl.trans(h))
+        dA += tl.dot(dc, tl.trans(v_in))
+        dk += tl.dot(v_out, tl.trans(dh))
+        dv_in = tl.dot(tl.trans(A), dc)
+        dv_out = tl.dot(k_out, dh)
+        if HAS_GV:
+            dv = dv_in * e_in + dv_out * e_out
+        else:
+            dv = dv_in + dv_out
+        tl.store(dv_ptr + (bh * T + t[:, None]) * V + ov[None, :], dv.to(dv_ptr.dtype.element_ty), mask=mv[None, :])
+    dA = tl.where(causal, dA, 0.).to(dt)
+    dq += tl.dot(dA, k_in)
+    dk_in = tl.dot(tl.trans(dA), q_in)
+    if HAS_GK:
+        dq = dq * tl.exp(gk)
+        dk = dk * tl.exp(gkl[None, :] - gk) + dk_in * tl.exp(-gk)
+    else:
+        dk = dk + dk_in
+    tl.store(dq_ptr + (bh * T + t[:, None]) * K + ok_[None, :], dq.to(dq_ptr.dtype.element_ty), mask=mk[None, :])
+    tl.store(dk_ptr + (bh * T + t[:, None]) * K + ok_[None, :], dk.to(dk_ptr.dtype.element_ty), mask=mk[None, :])
+
+
+def _np2(x, lo=16):
+    return max(lo, triton.next_power_of_2(int(x)))
+
+
+def _prep(q, k, v, gk, gv, BT):
+    """Flatten heads, pad T to whole chunks, chunk-local cumsum of the gates (fp32)."""
+    B, H, T, K = q.shape
+    V = v.shape[-1]
+    NT = -(-T // BT)
+    Tp = NT * BT
+    pad = Tp - T
+
+    def flat(x, c):
+        if x is None:
+            return None
+        x = x.reshape(B * H, T, c)
+        if pad:
+            x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+        return x.contiguous()
+
+    def cum(g, c):
+        if g is None:
+            return None
+        g = flat(g.float(), c)
+        return g.view(B * H, NT, BT, c).cumsum(2).view(B * H, Tp, c).contiguous()
+
+    return flat(q, K), flat(k, K), flat(v, V), cum(gk, K), cum(gv, V), (B, H, T, K, V, NT, Tp)
+
+
+def _blocks(K, V):
+    BK = _np2(K)
+    BV = 64 if V > 32 else _np2(V)
+    if BK > 128:
+        BV = 32
+    return BK, BV
+
+
+def gla_fwd(q, k, v, gkc, gvc, h0, dims, BT):
+    B, H, T, K, V, NT, Tp = dims
+    BH = B * H
+    BK, BV = _blocks(K, V)
+    dev = q.device
+    h = torch.empty(BH, NT, K, V, device=dev, dtype=torch.float32)
+    hT = torch.empty(BH, K, V, device=dev, dtype=torch.float32)
+    o = torch.empty(BH, Tp, V, device=dev, dtype=q.dtype)
+    dummy = h
+    _fwd_h_kernel[(triton.cdiv(V, BV), BH)](
+        k, v, gkc if gkc is not None else dummy, gvc if gvc is not None else dummy,
+        h0 if h0 is not None else dummy, h, hT, Tp, K, V, NT,
+        HAS_GK=gkc is not None, HAS_GV=gvc is not None, HAS_H0=h0 is not None,
+        BT=BT, BK=BK, BV=BV, num_warps=4)
+    _fwd_o_kernel[(triton.cdiv(V, BV), NT, BH)](
+        q, k, v, gkc if gkc is not None else dummy, gvc if gvc is not None else dummy, h, o, Tp, K, V, NT,
+        HAS_GK=gkc is not None, HAS_GV=gvc is not None, BT=BT, BK=BK, BV=BV, num_warps=4)
+    return o, h, hT
+
+
+def gla_bwd(q, k, v, gkc, gvc, h, do, dhT, dims, BT):
+    B, H, T, K, V, NT, Tp = dims
+    BH = B * H
+    BK, BV = _blocks(K, V)
+    dev = q.device
+    dh = torch.empty(BH, NT, K, V, device=dev, dtype=torch.float32)
+    dh0 = torch.empty(BH, K, V, device=dev, dtype=torch.float32)
+    dummy = dh
+    _bwd_dh_kernel[(triton.cdiv(V, BV), BH)](
+        q, do, gkc if gkc is not None else dummy, gvc if gvc is not None else dummy,
+        dhT if dhT is not None else dummy, dh, dh0, Tp, K, V, NT,
+        HAS_GK=gkc is not None, HAS_GV=gvc is not None, HAS_DHT=dhT is not None,
+        BT=BT, BK=BK, BV=BV, num_warps=4)
+    dq = torch.empty(BH, Tp, K, device=dev, dtype=torch.float32)
+    dk = torch.empty(BH, Tp, K, device=dev, dtype=torch.float32)
+    dv = torch.empty(BH, Tp, V, device=dev, dtype=torch.float32)
+    _bwd_dqkv_kernel[(NT, BH)](
+        q, k, v, gkc if gkc is not None else dummy, gvc if gvc is not None else dummy, h, dh, do,
+        dq, dk, dv, Tp, K, V, NT,
+        HAS_GK=gkc is not None, HAS_GV=gvc is not None, BT=BT, BK=BK, BV=min(BV, 64),
+        num_warps=4 if BK <= 64 else 8)
+    return dq, dk, dv, dh0
+
+
+def _rev_cumsum(x):
+    return x.flip(2).cumsum(2).flip(2)
+
+
+class ChunkGLAFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, gk, gv, h0, BT):
+        qf, kf, vf, gkc, gvc, dims = _prep(q, k, v, gk, gv, BT)
+        h0f = None if h0 is None else h0.reshape(-1, *h0.shape[-2:]).float().contiguous()
+        o, h, hT = gla_fwd(qf, kf, vf, gkc, gvc, h0f, dims, BT)
+        B, H, T, K, V, NT, Tp = dims
+        o = o.view(B, H, Tp, V)[:, :, :T]
+        S = hT.view(B, H, K, V)
+        ctx.save_for_backward(qf, kf, vf, gkc, gvc, h, o, S)
+        ctx.dims, ctx.BT = dims, BT
+        ctx.flags = (gk is not None, gv is not None, h0 is not None, q.dtype, k.dtype, v.dtype,
+                     None if gk is None else gk.dtype, None if gv is None else gv.dtype,
+                     None if h0 is None else h0.dtype)
+        return o, S
+
+    @staticmethod
+    def backward(ctx, do, dS):
+        qf, kf, vf, gkc, gvc, h, o, S = ctx.saved_tensors
+        B, H, T, K, V, NT, Tp = ctx.dims
+        has_gk, has_gv, has_h0, qdt, kdt, vdt, gkdt, gvdt, h0dt = ctx.flags
+        if do is None:
+            do = torch.zeros_like(o)
+        dof = do.reshape(B * H, T, V).to(qf.dtype)
+        if Tp > T:
+            dof = torch.nn.functional.pad(dof, (0, 0, 0, Tp - T))
+        dof = dof.contiguous()
+        dhT = None if dS is None else dS.reshape(B * H, K, V).float().contiguous()
+        dq, dk, dv, dh0 = gla_bwd(qf, kf, vf, gkc, gvc, h, dof, dhT, ctx.dims, ctx.BT)
+        dq, dk, dv = dq[:, :T], dk[:, :T], dv[:, :T]
+        dgk = dgv = None
+        if has_gk:
+            dG = qf[:, :T].float() * dq - kf[:, :T].float() * dk
+            if dS is not None:
+                dG[:, -1] += (dS.float() * S).sum(-1).reshape(B * H, K)
+            dgk = _rev_cumsum(dG.view(B, H, T, K)).to(gkdt)
+        if has_gv:
+            dG = o.reshape(B * H, T, V).float() * do.reshape(B * H, T, V).float() - vf[:, :T].float() * dv
+            if dS is not None:
+                dG[:, -1] += (dS.float() * S).sum(-2).reshape(B * H, V)
+            dgv = _rev_cumsum(dG.view(B, H, T, V)).to(gvdt)
+        return (dq.view(B, H, T, K).to(qdt), dk.view(B, H, T, K).to(kdt), dv.view(B, H, T, V).to(vdt),
+                dgk, dgv, dh0.view(B, H, K, V).to(h0dt) if has_h0 else None, None)
+
+
+def chunk_size_for(chunk_size: int) -> int | None:
+    """The kernel's chunk: a power of two in [16, 64] no larger than the caller's (which bounds the
+    in-chunk decay), or None when the caller's chunk is below 16 (the reference then runs)."""
+    if chunk_size < 16:
+        return None
+    return min(64, 1 << (int(chunk_size).bit_length() - 1))
+
+
+def gla_chunked_triton(q, k, v, gk=None, gv=None, initial_state=None, chunk_size: int = 64):
+    """Same contract as linearize.attention.gla.gla_chunked."""
+    BT = chunk_size_for(chunk_size)
+    if BT is None:
+        from linearize.attention.gla import gla_chunked
+        return gla_chunked(q, k, v, gk, gv, initial_state, chunk_size)
+    o, S = ChunkGLAFunction.apply(q, k, v, gk, gv, initial_state, BT)
+    return o, S
+
+
+# ------------------------------------------------------------------ the modules' chunked forms
+
+def hybrid_chunked_triton(q, k, v, fq, fk, g, mix, window, scale, valid=None, meta_k=None, meta_v=None,
+                          linear_enabled=True, chunk_size=64, return_state=False):
+    """Same contract as linearize.attention.hybrid.hybrid_chunked: the linear half runs in the Triton
+    GLA kernels; the window half is the reference's banded PyTorch form."""
+    from linearize.attention import hybrid as ref
+
+    num_sm, den_sm = ref.window_chunked(q, k, v, scale, window, valid, meta_k, meta_v, chunk_size)
+    V = v.shape[-1]
+    num_lin = den_lin = S = None
+    if linear_enabled or return_state:
+        kk, vv = ref.lagged_keys(fk, v, g, window)
+        o_lin, S = gla_chunked_triton(fq, kk, vv, gk=g, chunk_size=chunk_size)
+        num_lin, den_lin = o_lin[..., :V], o_lin[..., V]
+    o = ref.combine(num_sm, den_sm, num_lin, den_lin, mix, linear_enabled)
+    if not return_state:
+        return o
+    return o, ref.ring_state_from_sequence(k, v, fk, g, valid, window, S.detach())
+
+
+def gsa_chunked_triton(q, k, v, g, scale, state=None, chunk_size=64):
+    """Same contract as linearize.attention.gated_slots.gsa_chunked."""
+    from linearize.attention.gated_slots import _two_passes
+
+    def gla(*a, **kw):
+        return gla_chunked_triton(*a, **kw)
+
+    return _two_passes(gla, q, k, v, g, scale, state, chunk_size=chunk_size)

@@ -1,0 +1,240 @@
+"""Triton decode kernels: one launch per layer and step for the hybrids (Hedgehog / Lizard) and GSA.
+
+Each program owns one (batch, head): it updates that head's fp32 state in place, attends over the
+sliding-window ring buffer (+ meta tokens) and the linear state, combines both under the shared
+normaliser and writes the output. The value dimension is walked in blocks inside the program, so
+the state is never held whole in registers; one program per head means no other program reads a
+ring slot this one overwrites (the evicted key is read before a barrier, the ring written after).
+
+The step counter lives in a device tensor (state["pos"], int32 [B]) so a CUDA graph can replay the
+step; the Python int state["n"] is kept in step for the reference code and the cache.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+def _np2(x: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(int(x)))
+
+
+@triton.jit
+def _hybrid_step_kernel(
+    q_ptr, k_ptr, v_ptr, fq_ptr, fk_ptr, g_ptr, valid_ptr, mix_ptr, mk_ptr, mv_ptr,
+    kr_ptr, vr_ptr, fkr_ptr, validr_ptr, S_ptr, gr_ptr, pos_ptr, o_ptr,
+    scale, H, W, M, D, V, F,
+    HAS_G: tl.constexpr, HAS_META: tl.constexpr, HAS_VALID: tl.constexpr, LINEAR: tl.constexpr,
+    BD: tl.constexpr, BV: tl.constexpr, BF: tl.constexpr, BW: tl.constexpr, BM: tl.constexpr,
+):
+    bh = tl.program_id(0).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    n = tl.load(pos_ptr + b)
+    slot = n % W
+    evict = n >= W
+
+    od = tl.arange(0, BD)
+    of = tl.arange(0, BF)
+    ow = tl.arange(0, BW)
+    md = od < D
+    mf = of < F
+    mw = ow < W
+    is_slot = ow == slot
+
+    # ---- inputs of this step
+    q = tl.load(q_ptr + bh * D + od, mask=md, other=0.).to(tl.float32)
+    k = tl.load(k_ptr + bh * D + od, mask=md, other=0.)
+    fq = tl.load(fq_ptr + bh * F + of, mask=mf, other=0.).to(tl.float32)
+    fk = tl.load(fk_ptr + bh * F + of, mask=mf, other=0.)
+    if HAS_VALID:
+        cur_valid = tl.load(valid_ptr + b).to(tl.int1)
+    else:
+        cur_valid = n >= 0  # True
+
+    # ---- the evicted key (slot's old fk) and the gates
+    ek = tl.load(fkr_ptr + (bh * W + slot) * F + of, mask=mf, other=0.).to(tl.float32)
+    ek = tl.where(evict, ek, 0.)
+    if HAS_G:
+        g = tl.load(g_ptr + bh * F + of, mask=mf, other=0.).to(tl.float32)
+        gt = tl.load(gr_ptr + (bh * W + ow[:, None]) * F + of[None, :], mask=mw[:, None] & mf[None, :], other=0.)
+        gt = tl.where(is_slot[:, None], g[None, :], gt)
+        ek = ek * tl.exp(tl.sum(gt, 0))
+        decay = tl.exp(g)
+    # ---- window scores over the ring, with this step's key in its slot
+    kt = tl.load(kr_ptr + (bh * W + ow[:, None]) * D + od[None, :], mask=mw[:, None] & md[None, :], other=0.)
+    kt = tl.where(is_slot[:, None], k[None, :], kt).to(tl.float32)
+    s = tl.sum(kt * q[None, :], 1) * scale
+    vr = tl.load(validr_ptr + b * W + ow, mask=mw, other=0).to(tl.int1)
+    vr = tl.where(is_slot, cur_valid, vr) & mw
+    s = tl.where(vr, s, float("-inf"))
+    m = tl.max(s, 0)
+    if HAS_META:
+        om = tl.arange(0, BM)
+        mm = om < M
+        mkt = tl.load(mk_ptr + (h * M + om[:, None]) * D + od[None, :], mask=mm[:, None] & md[None, :], other=0.).to(tl.float32)
+        sm = tl.sum(mkt * q[None, :], 1) * scale
+        sm = tl.where(mm, sm, float("-inf"))
+        m = tl.maximum(m, tl.max(sm, 0))
+    m = tl.where(m == float("-inf"), 0., m)
+    p = tl.exp(s - m)
+    den_sm = tl.sum(p, 0)
+    if HAS_META:
+        pm = tl.exp(sm - m)
+        den_sm += tl.sum(pm, 0)
+
+    # ---- normaliser column of S (index V): update, read
+    SV1 = V + 1
+    Sbase = S_ptr + bh * F * SV1
+    sden = tl.load(Sbase + of * SV1 + V, mask=mf, other=0.)
+    if HAS_G:
+        sden = sden * decay
+    sden = sden + ek
+    tl.store(Sbase + of * SV1 + V, sden, mask=mf)
+    den_lin = tl.sum(fq * sden, 0)
+    gamma = tl.sigmoid(tl.load(mix_ptr + h).to(tl.float32))
+    if LINEAR:
+        den = gamma * den_sm + (1 - gamma) * den_lin
+    else:
+        den = den_sm
+    ok = den > 0
+    inv = tl.where(ok, 1. / tl.where(ok, den, 1.), 0.)
+
+    # ---- value blocks: ring values, meta values, linear state
+    for v0 in range(0, V, BV):
+        ov = v0 + tl.arange(0, BV)
+        mv = ov < V
+        vnew = tl.load(v_ptr + bh * V + ov, mask=mv, other=0.)
+        vt = tl.load(vr_ptr + (bh * W + ow[:, None]) * V + ov[None, :], mask=mw[:, None] & mv[None, :], other=0.)
+        ev = tl.sum(tl.where(is_slot[:, None], vt.to(tl.float32), 0.), 0)
+        vt = tl.where(is_slot[:, None], vnew[None, :], vt).to(tl.float32)
+        num = tl.sum(p[:, None] * vt, 0)
+        if HAS_META:
+            mvt = tl.load(mv_ptr + (h * M + om[:, None]) * V + ov[None, :], mask=mm[:, None] & mv[None, :], other=0.).to(tl.float32)
+            num += tl.sum(pm[:, None] * mvt, 0)
+        St = tl.load(Sbase + of[:, None] * SV1 + ov[None, :], mask=mf[:, None] & mv[None, :], other=0.)
+        if HAS_G:
+            St = St * decay[:, None]
+        St = St + ek[:, None] * ev[None, :]
+        tl.store(Sbase + of[:, None] * SV1 + ov[None, :], St, mask=mf[:, None] & mv[None, :])
+        if LINEAR:
+            lin = tl.sum(fq[:, None] * St, 0)
+            num = gamma * num + (1 - gamma) * lin
+        tl.store(o_ptr + bh * V + ov, (num * inv).to(o_ptr.dtype.element_ty), mask=mv)
+
+    # ---- every read of the old slot is done: write this step into the ring
+    tl.debug_barrier()
+    tl.store(kr_ptr + (bh * W + slot) * D + od, k, mask=md)
+    tl.store(fkr_ptr + (bh * W + slot) * F + of, fk, mask=mf)
+    if HAS_G:
+        tl.store(gr_ptr + (bh * W + slot) * F + of, g, mask=mf)
+    for v0 in range(0, V, BV):
+        ov = v0 + tl.arange(0, BV)
+        mv = ov < V
+        tl.store(vr_ptr + (bh * W + slot) * V + ov, tl.load(v_ptr + bh * V + ov, mask=mv, other=0.), mask=mv)
+    if h == 0:
+        tl.store(validr_ptr + b * W + slot, cur_valid.to(validr_ptr.dtype.element_ty))
+
+
+def _pos(state, B, device):
+    """The device step counter, created from state["n"] the first time a kernel sees the state."""
+    pos = state.get("pos")
+    if pos is None or pos.shape[0] != B:
+        pos = torch.full((B,), int(state["n"]), dtype=torch.int32, device=device)
+        state["pos"] = pos
+    return pos
+
+
+def advance(state, inc_pos: bool = True):
+    state["n"] += 1
+    if inc_pos:
+        state["pos"].add_(1)
+
+
+def hybrid_step_triton(state, q, k, v, fq, fk, g, mix, scale, valid=None, meta_k=None, meta_v=None,
+                       linear_enabled=True):
+    """Same contract as linearize.attention.hybrid.hybrid_step (state updated in place)."""
+    B, H, D = q.shape
+    V = v.shape[-1]
+    F = fk.shape[-1]
+    W = state["k"].shape[2]
+    has_meta = meta_k is not None and meta_k.shape[-2] > 0
+    M = meta_k.shape[-2] if has_meta else 0
+    pos = _pos(state, B, q.device)
+    o = torch.empty(B, H, V, device=q.device, dtype=q.dtype)
+    c = lambda x: x.contiguous()  # noqa: E731
+    dummy = state["S"]
+    _hybrid_step_kernel[(B * H,)](
+        c(q), c(k), c(v), c(fq), c(fk), c(g) if g is not None else dummy,
+        c(valid) if valid is not None else dummy, c(mix),
+        c(meta_k) if has_meta else dummy, c(meta_v) if has_meta else dummy,
+        state["k"], state["v"], state["fk"], state["valid"], state["S"],
+        state["g"] if g is not None else dummy, pos, o,
+        float(scale), H, W, M, D, V, F,
+        HAS_G=g is not None, HAS_META=has_meta, HAS_VALID=valid is not None, LINEAR=bool(linear_enabled),
+        BD=_np2(D), BV=64 if V > 32 else _np2(V), BF=_np2(F), BW=_np2(W), BM=_np2(max(M, 1)),
+        num_warps=8 if W * D >= 4096 else 4,
+    )
+    advance(state)
+    return o
+
+
+@triton.jit
+def _gsa_step_kernel(
+    q_ptr, k_ptr, v_ptr, g_ptr, Sk_ptr, Sv_ptr, o_ptr,
+    scale, D, V, MS,
+    BD: tl.constexpr, BV: tl.constexpr, BMS: tl.constexpr,
+):
+    bh = tl.program_id(0).to(tl.int64)
+    od = tl.arange(0, BD)
+    om = tl.arange(0, BMS)
+    md = od < D
+    mm = om < MS
+    q = tl.load(q_ptr + bh * D + od, mask=md, other=0.).to(tl.float32) * scale
+    k = tl.load(k_ptr + bh * D + od, mask=md, other=0.).to(tl.float32)
+    g = tl.load(g_ptr + bh * MS + om, mask=mm, other=0.).to(tl.float32)
+    a = tl.exp(g)
+    wr = 1 - a
+    # pass 1: Sk [D, m] decays on the slot dim, writes k (x) (1 - alpha)
+    Skp = Sk_ptr + bh * D * MS + od[:, None] * MS + om[None, :]
+    msk = md[:, None] & mm[None, :]
+    Sk = tl.load(Skp, mask=msk, other=0.)
+    Sk = Sk * a[None, :] + k[:, None] * wr[None, :]
+    tl.store(Skp, Sk, mask=msk)
+    s = tl.sum(q[:, None] * Sk, 0)
+    s = tl.where(mm, s, float("-inf"))
+    s = s - tl.max(s, 0)
+    e = tl.exp(s)
+    p = e / tl.sum(e, 0)
+    # pass 2: Sv [m, V] decays on the slot dim, writes (1 - alpha) (x) v; reads with p
+    for v0 in range(0, V, BV):
+        ov = v0 + tl.arange(0, BV)
+        mv = ov < V
+        vv = tl.load(v_ptr + bh * V + ov, mask=mv, other=0.).to(tl.float32)
+        Svp = Sv_ptr + bh * MS * V + om[:, None] * V + ov[None, :]
+        mk2 = mm[:, None] & mv[None, :]
+        Sv = tl.load(Svp, mask=mk2, other=0.)
+        Sv = Sv * a[:, None] + wr[:, None] * vv[None, :]
+        tl.store(Svp, Sv, mask=mk2)
+        o = tl.sum(p[:, None] * Sv, 0)
+        tl.store(o_ptr + bh * V + ov, o.to(o_ptr.dtype.element_ty), mask=mv)
+
+
+def gsa_step_triton(state, q, k, v, g, scale):
+    """Same contract as linearize.attention.gated_slots.gsa_step (state updated in place)."""
+    B, H, D = q.shape
+    V = v.shape[-1]
+    MS = g.shape[-1]
+    Sk, Sv = state["Sk"], state["Sv"]
+    o = torch.empty(B, H, V, device=q.device, dtype=Sv.dtype)
+    _gsa_step_kernel[(B * H,)](
+        q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), Sk, Sv, o,
+        float(scale), D, V, MS,
+        BD=_np2(D), BV=64 if V > 32 else _np2(V), BMS=_np2(MS), num_warps=4,
+    )
+    if "pos" in state:
+        advance(state)
+    else:
+        state["n"] += 1
+    return o

@@ -1,0 +1,137 @@
+"""Training throughput: stage 1 and stage 2 tokens/s beside the teacher's plain forward+backward.
+
+    python -m linearize.bench_train --model smollm2-135m --batch 16 --seq 1024 [--method lizard] [--json out.json]
+
+On one random batch [batch, seq] it times, after warm-up, each of
+  teacher:  the original model, every parameter trainable, LM loss forward + backward;
+  distill:  the converted model in mode "transfer", new parameters trainable, forward + backward
+            of the summed per-layer transfer losses (the stage-1 step);
+  finetune: the converted model with LoRA (r=8 on q/k/v/o) in mode "student", LM loss
+            forward + backward (the stage-2 step);
+and prints tokens/s and the ratio to the teacher. The optimizer step is left out of all three
+(it is tiny beside forward + backward for the stages, and would be a full AdamW for the teacher).
+bf16 autocast on CUDA unless ``--precision no``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from contextlib import nullcontext
+
+import torch
+
+from .config import LinearizeConfig
+from .recipes import FinetuneConfig, ModelConfig
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_step(step, device: torch.device, warmup: int, iters: int) -> float:
+    """Median seconds of ``step()`` over ``iters`` timed calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def bench(model_name: str = "smollm2-135m", batch: int = 16, seq: int = 1024, method: str = "lizard",
+          precision: str = "bf16", warmup: int = 2, iters: int = 5, device: str | None = None,
+          gguf_file: str | None = None, linearize_options: dict | None = None) -> dict:
+    """-> {"teacher": {tokens_per_s, step_s}, "distill": {..., ratio}, "finetune": {..., ratio}, ...}."""
+    from . import convert
+    from .attention_transfer import freeze_all_but_new, linear_attentions, make_transfer_loss
+    from .finetune import add_lora
+    from .surgery import set_mode
+    from .training import build_model
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, _ = build_model(ModelConfig(name_or_path=model_name, gguf_file=gguf_file, dtype="float32"))
+    model.to(dev)
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, seq), generator=g).to(dev)
+    mask = torch.ones_like(ids)
+    b = {"input_ids": ids, "attention_mask": mask, "labels": ids}
+    use_amp = precision != "no" and dev.type == "cuda"
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)) if use_amp else nullcontext
+    tokens = batch * seq
+    out: dict = {"model": model_name, "method": method, "batch": batch, "seq": seq, "precision": precision if use_amp else "fp32",
+                 "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
+
+    def run(fn):
+        def step():
+            with amp():
+                loss = fn()
+            loss.backward()
+            for p in model.parameters():
+                p.grad = None
+        return step
+
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    t = time_step(run(lambda: model(**b, use_cache=False).loss), dev, warmup, iters)
+    out["teacher"] = {"step_s": t, "tokens_per_s": tokens / t}
+
+    convert(model, LinearizeConfig(method=method, **(linearize_options or {})))
+    model.to(dev)
+    freeze_all_but_new(model)
+    set_mode(model, "transfer")
+    loss_fn = make_transfer_loss(linear_attentions(model))
+    t = time_step(run(lambda: loss_fn(model, b)[0]), dev, warmup, iters)
+    out["distill"] = {"step_s": t, "tokens_per_s": tokens / t}
+
+    set_mode(model, "student")
+    peft_model = add_lora(model, FinetuneConfig())
+    peft_model.to(dev)
+    t = time_step(run(lambda: peft_model(**b, use_cache=False).loss), dev, warmup, iters)
+    out["finetune"] = {"step_s": t, "tokens_per_s": tokens / t}
+    for k in ("distill", "finetune"):
+        out[k]["ratio_to_teacher"] = out[k]["tokens_per_s"] / out["teacher"]["tokens_per_s"]
+    if dev.type == "cuda":
+        out["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--gguf-file", default=None)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--method", default="lizard")
+    ap.add_argument("--precision", default="bf16", choices=("bf16", "fp16", "no"))
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--json", default=None, help="also write the result to this JSON file ('-' = stdout only JSON)")
+    a = ap.parse_args(argv)
+    res = bench(a.model, a.batch, a.seq, a.method, a.precision, a.warmup, a.iters, a.device, a.gguf_file)
+    if a.json == "-":
+        print(json.dumps(res, indent=1))
+        return res
+    print(f"{res['model']} {res['method']}  batch {res['batch']} x seq {res['seq']}  {res['precision']}  on {res['device']}")
+    print(f"{'':10s} {'tokens/s':>12s} {'step ms':>9s} {'vs teacher':>11s}")
+    for k in ("teacher", "distill", "finetune"):
+        r = res[k]
+        ratio = f"{r['ratio_to_teacher']:.2f}x" if "ratio_to_teacher" in r else "1.00x"
+        print(f"{k:10s} {r['tokens_per_s']:12.0f} {r['step_s'] * 1e3:9.1f} {ratio:>11s}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny random checkpoints for fast tests, the real SmolLM2-135M for end-to-end ones."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_DIR = os.environ.get("LINEARIZE_DATA", os.path.join(REPO, "..", "shared", "data"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow") or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def tiny_llama_config(**kw):
+    from transformers import LlamaConfig
+
+    base = dict(vocab_size=211, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                rope_theta=10000.0, tie_word_embeddings=False)
+    base.update(kw)
+    return LlamaConfig(**base)
+
+
+@pytest.fixture
+def tiny_llama():
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_llama_config()).eval()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, tokenizer) of the real SmolLM2-135M-Instruct (fp32), loaded once per session."""
+    from linearize.loading import load_model
+
+    return load_model("smollm2-135m", dtype="float32")
+
+
+def perturb_new_parameters(model, scale=0.2, seed=0):
+    """Fresh parameters start at symmetric values; random ones make the form tests meaningful."""
+    import linearize
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in linearize.new_parameters(model):
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)

@@ -1,0 +1,168 @@
+"""The `linearized` lm-eval model, recall probes and the teacher/student report, on tiny models.
+
+A tiny random LlamaForCausalLM with SmolLM2's tokenizer is saved to a temp dir once per module.
+The real-model PIQA test is marked slow.
+"""
+import json
+import math
+
+import pytest
+import torch
+
+import linearize
+from linearize.eval import (LinearizedLM, ProbeConfig, TokenizerMismatch, check_same_tokenizer, run_probes,
+                            run_report)
+from linearize.eval.cli import add_eval_parser
+from linearize.eval.datadir import resolve_data_dir
+from linearize.loading import load_tokenizer, resolve_checkpoint
+
+REQUESTS = [
+    ("Question: How do I open a jar?\nAnswer:", " Twist the lid."),
+    ("The capital of France is", " Paris"),
+    ("1, 2, 3,", " 4"),
+    ("A much longer context that goes on and on about many things, " * 3, " and ends here."),
+    ("Short", " continuation with several tokens in it"),
+]
+
+
+def _tiny_llama(vocab_size: int, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def tok():
+    try:
+        return load_tokenizer(resolve_checkpoint("smollm2-135m"))
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tok):
+    d = tmp_path_factory.mktemp("tiny_llama")
+    _tiny_llama(len(tok)).save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+def _instances(pairs):
+    from lm_eval.api.instance import Instance
+
+    return [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(pairs)]
+
+
+def _lls(lm, pairs=REQUESTS):
+    return [ll for ll, _ in lm.loglikelihood(_instances(pairs))]
+
+
+def test_registered_model_matches_plain_hf(tiny_dir):
+    from lm_eval.api.registry import get_model
+
+    assert get_model("linearized") is LinearizedLM
+    hf = get_model("hf")(pretrained=tiny_dir, device="cpu", dtype="float32", batch_size=1)
+    ours = get_model("linearized").create_from_arg_string(f"pretrained={tiny_dir},dtype=float32", {"batch_size": 3})
+    assert str(ours.device) == "cpu"
+    ref, got = _lls(hf), _lls(ours)  # batch 1 vs batch 3: padding must not change the scores
+    assert max(abs(a - b) for a, b in zip(ref, got)) < 1e-4, (ref, got)
+
+
+def test_converted_model_matches_direct_forward(tiny_dir, tok, tmp_path):
+    """Only skipped while linearize.convert does not exist yet."""
+    if not hasattr(linearize, "convert"):
+        pytest.skip("linearize.convert is not there yet")
+    from linearize import LinearizeConfig, convert
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    student = convert(model, LinearizeConfig(method="hedgehog")).eval()
+    student.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    lm = LinearizedLM(pretrained=str(tmp_path), device="cpu", dtype="float32", batch_size=2)
+    got = _lls(lm)
+    ref = []
+    with torch.no_grad():
+        for ctx, cont in REQUESTS:
+            c, cont_ids = lm._encode_pair(ctx, cont)  # lm-eval's own context/continuation split
+            whole = c + cont_ids
+            logp = student(torch.tensor([whole])).logits[0].float().log_softmax(-1)
+            ref.append(sum(logp[i - 1, whole[i]].item() for i in range(len(c), len(whole))))
+    assert max(abs(a - b) for a, b in zip(ref, got)) < 1e-4, (ref, got)
+
+
+def test_probes_on_tiny_model(tiny_dir, tok):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    cfg = ProbeConfig(lengths=[64, 160], num_samples=2, num_queries=4, seed=3)
+    a = run_probes(model, tok, cfg)
+    assert set(a) == {"mqar", "passkey"} and all(set(v) == {64, 160} for v in a.values())
+    assert all(0.0 <= x <= 1.0 for v in a.values() for x in v.values())
+    assert run_probes(model, tok, cfg) == a  # deterministic
+    with pytest.raises(ValueError, match="unknown probe"):
+        ProbeConfig(probes=["nope"])
+
+
+def test_tokenizer_mismatch_is_refused(tiny_dir, tok, tmp_path):
+    other = load_tokenizer(resolve_checkpoint(tiny_dir))
+    other.add_tokens(["<zz_new_token>"])
+    with pytest.raises(TokenizerMismatch, match="vocabularies differ"):
+        check_same_tokenizer(tok, other)
+    _tiny_llama(len(other)).save_pretrained(tmp_path)
+    other.save_pretrained(tmp_path)
+    with pytest.raises(TokenizerMismatch):
+        run_report(tiny_dir, str(tmp_path), tasks=["copa"], limit=2, out_dir=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()  # refused before evaluating anything
+
+
+@pytest.mark.skipif(not resolve_data_dir().is_dir(), reason="no local data")
+def test_report_via_cli(tiny_dir, tmp_path):
+    """`linearize eval` end to end on tiny models: 2 accuracy tasks, wikitext perplexity, probes."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_eval_parser(parser.add_subparsers(dest="cmd"))
+    out = tmp_path / "report"
+    args = parser.parse_args(["eval", "--teacher", tiny_dir, "--student", tiny_dir, "--tasks", "copa,piqa,wikitext",
+                              "--limit", "3", "--out", str(out), "--batch-size", "2", "--device", "cpu",
+                              "--dtype", "float32", "--probes", "64", "--probe-samples", "1"])
+    assert args.func(args) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert (out / "report.png").stat().st_size > 0 and "| task | metric |" in (out / "report.md").read_text()
+    rows = {(r["task"], r["metric"]): r for r in rep["rows"]}
+    rec = rows[("copa", "acc")]["recovery"]
+    assert rec is None or abs(rec - 100) < 1e-6  # same model on both sides (None when teacher acc is 0)
+    assert rows[("piqa", "acc_norm")]["teacher"] == rows[("piqa", "acc_norm")]["student"]
+    wt = rows[("wikitext", "word_perplexity")]
+    assert wt["teacher"] > 1 and abs(wt["recovery"] - 100) < 1e-6
+    tp = rows[("wikitext", "token_perplexity")]["teacher"]
+    assert 1 < tp < 2 * 49152  # a random model: about the vocabulary size
+    assert rep["mean_zero_shot"]["tasks"] == ["piqa", "copa"] or set(rep["mean_zero_shot"]["tasks"]) == {"piqa", "copa"}
+    assert set(rep["probes"]["student"]) == {"mqar", "passkey"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not resolve_data_dir().is_dir(), reason="no local data")
+def test_piqa_on_smollm2(tmp_path):
+    """Offline PIQA, 50 items, on the real SmolLM2-135M: a sane accuracy, identical when repeated."""
+    import lm_eval
+
+    from linearize.eval import task_manager
+
+    try:
+        lm = LinearizedLM(pretrained="smollm2-135m", device="cpu", batch_size=8)
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    accs = []
+    for _ in range(2):
+        res = lm_eval.simple_evaluate(model=lm, tasks=["local_piqa"], limit=50, task_manager=task_manager(),
+                                      bootstrap_iters=0, log_samples=False)
+        accs.append(res["results"]["local_piqa"]["acc,none"])
+    assert 0.5 <= accs[0] <= 0.8, accs
+    assert accs[0] == accs[1]
+    assert not math.isnan(res["results"]["local_piqa"]["acc_norm,none"])

@@ -1,0 +1,240 @@
+"""The Triton kernels against the PyTorch references, on CPU through Triton's interpreter.
+
+TRITON_INTERPRET=1 is set before triton is imported. The interpreter has no bf16 tl.dot, so
+everything here is fp32 (the GPU run in benchmarks/ checks bf16). Fresh random inputs (never
+zeros), odd lengths, batch > 1, GQA-expanded heads (kv heads repeated to query heads).
+
+Tolerances: fp32 kernels vs fp32 references, 2e-4 relative-to-max (outputs and gradients); the
+kernels reassociate sums (chunked state, exp(-G) rescaling), which costs a few ulps times the
+in-chunk decay range.
+"""
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+triton = pytest.importorskip("triton")
+
+from linearize.attention import gated_slots, gla, hybrid  # noqa: E402
+from linearize.attention.base import repeat_kv  # noqa: E402
+from linearize.kernels import chunk, decode  # noqa: E402
+
+TOL = 2e-4
+
+
+def close(a, b, tol=TOL, what=""):
+    a, b = a.double(), b.double()
+    err = (a - b).abs().max().item()
+    scale = max(b.abs().max().item(), 1e-6)
+    assert err <= tol * scale, f"{what}: max err {err:.3e} vs scale {scale:.3e}"
+
+
+def gqa(B, Hkv, rep, T, D, gen):
+    return repeat_kv(torch.randn(B, Hkv, T, D, generator=gen), rep)
+
+
+def gate(shape, gen, gmax=1.0):
+    return -gmax * torch.sigmoid(torch.randn(*shape, generator=gen))
+
+
+# ------------------------------------------------------------------------------- chunked GLA
+
+@pytest.mark.parametrize("T,K,V,which,h0", [
+    (37, 16, 24, "gk", False),
+    (53, 32, 17, "gv", True),
+    (41, 16, 16, "none", False),
+    (70, 24, 33, "both", True),
+])
+def test_chunk_gla_forward_backward(T, K, V, which, h0):
+    gen = torch.Generator().manual_seed(T * 7 + K)
+    B, Hkv, rep = 2, 1, 2
+    H = Hkv * rep
+    q = torch.randn(B, H, T, K, generator=gen)
+    k = gqa(B, Hkv, rep, T, K, gen)
+    v = gqa(B, Hkv, rep, T, V, gen)
+    gk = gate((B, H, T, K), gen) if which in ("gk", "both") else None
+    gv = gate((B, H, T, V), gen) if which in ("gv", "both") else None
+    s0 = torch.randn(B, H, K, V, generator=gen) if h0 else None
+    leaves = [x for x in (q, k, v, gk, gv, s0) if x is not None]
+    for x in leaves:
+        x.requires_grad_(True)
+    do = torch.randn(B, H, T, V, generator=gen)
+    dS = torch.randn(B, H, K, V, generator=gen)
+
+    o_ref, S_ref = gla.gla_parallel(q, k, v, gk, gv, s0)
+    g_ref = torch.autograd.grad((o_ref * do).sum() + (S_ref * dS).sum(), leaves)
+    o, S = chunk.gla_chunked_triton(q, k, v, gk, gv, s0, chunk_size=16)
+    g = torch.autograd.grad((o * do).sum() + (S * dS).sum(), leaves)
+    close(o, o_ref, what="o")
+    close(S, S_ref, what="state")
+    for name, a, b in zip(("dq", "dk", "dv", "dg", "dg2", "ds0"), g, g_ref):
+        close(a, b, tol=5e-4, what=name)
+
+
+def hybrid_inputs(B, H, rep, T, D, F, W, gated, meta, gen, valid=False):
+    q = torch.randn(B, H, T, D, generator=gen)
+    k = gqa(B, H // rep, rep, T, D, gen)
+    v = gqa(B, H // rep, rep, T, D, gen)
+    fq = torch.softmax(torch.randn(B, H, T, F, generator=gen), -1)
+    fk = torch.softmax(repeat_kv(torch.randn(B, H // rep, T, F, generator=gen), rep), -1)
+    g = gate((B, H, T, F), gen) if gated else None
+    mix = torch.randn(H, generator=gen)
+    vmask = None
+    if valid:
+        vmask = torch.ones(B, T, dtype=torch.bool)
+        vmask[0, :3] = False  # left padding on the first row
+        keep = vmask[:, None, :, None]
+        fk, v = fk * keep, v * keep
+        g = None if g is None else g * keep
+    mk = torch.randn(H, 3, D, generator=gen) * 0.5 if meta else None
+    mv = torch.randn(H, 3, D, generator=gen) if meta else None
+    return dict(q=q, k=k, v=v, fq=fq, fk=fk, g=g, mix=mix, scale=D ** -0.5, valid=vmask, meta_k=mk, meta_v=mv)
+
+
+@pytest.mark.parametrize("gated,meta", [(False, False), (True, True)])
+def test_hybrid_chunked_forward_backward(gated, meta):
+    gen = torch.Generator().manual_seed(11 + gated)
+    B, H, rep, T, D, F, W = 2, 4, 2, 45, 16, 16, 5
+    a = hybrid_inputs(B, H, rep, T, D, F, W, gated, meta, gen)
+    leaves = [a[n] for n in ("q", "k", "v", "fq", "fk", "g", "mix") if a[n] is not None]
+    for x in leaves:
+        x.requires_grad_(True)
+    do = torch.randn(B, H, T, D, generator=gen)
+    o_ref = hybrid.hybrid_parallel(window=W, **a)
+    g_ref = torch.autograd.grad((o_ref * do).sum(), leaves)
+    o, st = chunk.hybrid_chunked_triton(window=W, chunk_size=16, return_state=True, **a)
+    g = torch.autograd.grad((o * do).sum(), leaves)
+    close(o, o_ref, what="o")
+    for a_, b_ in zip(g, g_ref):
+        close(a_, b_, tol=5e-4, what="grad")
+    _, st_ref = hybrid.hybrid_chunked(window=W, chunk_size=16, return_state=True, **a)
+    close(st["S"], st_ref["S"], what="S")
+
+
+def test_gsa_chunked_forward_backward():
+    gen = torch.Generator().manual_seed(5)
+    B, H, rep, T, D, m = 2, 4, 2, 39, 16, 16
+    q = torch.randn(B, H, T, D, generator=gen)
+    k = gqa(B, H // rep, rep, T, D, gen)
+    v = gqa(B, H // rep, rep, T, D, gen)
+    g = gate((B, H, T, m), gen)
+    leaves = [q, k, v, g]
+    for x in leaves:
+        x.requires_grad_(True)
+    do = torch.randn(B, H, T, D, generator=gen)
+    o_ref, st_ref = gated_slots.gsa_parallel(q, k, v, g, D ** -0.5)
+    g_ref = torch.autograd.grad((o_ref * do).sum(), leaves)
+    o, st = chunk.gsa_chunked_triton(q, k, v, g, D ** -0.5, chunk_size=16)
+    gr = torch.autograd.grad((o * do).sum(), leaves)
+    close(o, o_ref, what="o")
+    close(st["Sk"], st_ref["Sk"], what="Sk")
+    close(st["Sv"], st_ref["Sv"], what="Sv")
+    for a_, b_ in zip(gr, g_ref):
+        close(a_, b_, tol=5e-4, what="grad")
+
+
+# ------------------------------------------------------------------------------- decode steps
+
+@pytest.mark.parametrize("gated,meta,valid,linear", [
+    (False, False, False, True), (True, True, True, True), (True, False, False, False)])
+def test_hybrid_step_kernel(gated, meta, valid, linear):
+    gen = torch.Generator().manual_seed(3 + gated + 2 * meta)
+    B, H, rep, T, D, F, W = 3, 4, 2, 13, 16, 24, 5
+    a = hybrid_inputs(B, H, rep, T, D, F, W, gated, meta, gen, valid=valid)
+    a["linear_enabled"] = linear
+    st_ref = hybrid.init_state(B, H, D, D, F, W, gated, "cpu", torch.float32)
+    st = hybrid.init_state(B, H, D, D, F, W, gated, "cpu", torch.float32)
+    for t in range(T):  # T > W: evictions happen
+        at = {n: (x if not torch.is_tensor(x) or n in ("mix", "meta_k", "meta_v") else
+                  (x[:, t] if n == "valid" else x[:, :, t])) for n, x in a.items()}
+        o_ref = hybrid.hybrid_step(st_ref, **at)
+        o = decode.hybrid_step_triton(st, **at)
+        close(o, o_ref, what=f"o step {t}")
+    for name in ("k", "v", "fk", "S", "g"):
+        if name in st_ref:
+            close(st[name], st_ref[name], what=name)
+    assert torch.equal(st["valid"], st_ref["valid"])
+    assert st["n"] == st_ref["n"] == T and int(st["pos"][0]) == T
+
+
+def test_hybrid_step_continues_chunked_prefill():
+    gen = torch.Generator().manual_seed(21)
+    B, H, rep, T, D, F, W = 2, 2, 1, 23, 16, 16, 6
+    a = hybrid_inputs(B, H, rep, T + 3, D, F, W, True, True, gen)
+    pre = {n: (x[:, :, :T] if torch.is_tensor(x) and x.dim() == 4 else x) for n, x in a.items()}
+    o_full = hybrid.hybrid_parallel(window=W, **a)
+    _, st = chunk.hybrid_chunked_triton(window=W, chunk_size=16, return_state=True, **pre)
+    for t in range(T, T + 3):
+        at = {n: (x[:, :, t] if torch.is_tensor(x) and x.dim() == 4 else x) for n, x in a.items()}
+        close(decode.hybrid_step_triton(st, **at), o_full[:, :, t], what=f"step {t}")
+
+
+def test_gsa_step_kernel():
+    gen = torch.Generator().manual_seed(9)
+    B, H, rep, T, D, m = 3, 4, 2, 11, 16, 24
+    q = torch.randn(B, H, T, D, generator=gen)
+    k = gqa(B, H // rep, rep, T, D, gen)
+    v = gqa(B, H // rep, rep, T, D, gen)
+    g = gate((B, H, T, m), gen)
+    st_ref = gated_slots.init_state(B, H, D, D, m, "cpu", torch.float32)
+    st = gated_slots.init_state(B, H, D, D, m, "cpu", torch.float32)
+    for t in range(T):
+        o_ref = gated_slots.gsa_step(st_ref, q[:, :, t], k[:, :, t], v[:, :, t], g[:, :, t], D ** -0.5)
+        o = decode.gsa_step_triton(st, q[:, :, t], k[:, :, t], v[:, :, t], g[:, :, t], D ** -0.5)
+        close(o, o_ref, what=f"o step {t}")
+    close(st["Sk"], st_ref["Sk"], what="Sk")
+    close(st["Sv"], st_ref["Sv"], what="Sv")
+    assert st["n"] == T
+
+
+def test_dispatch_registration_cpu_keeps_reference():
+    from linearize.attention import dispatch
+    from linearize.kernels import register_all
+
+    assert register_all()
+    assert decode.hybrid_step_triton in dispatch.registered("hybrid", "step")
+    x = torch.randn(1, 1, 4)
+    assert dispatch.lookup("hybrid", "step", hybrid.hybrid_step, q=x, k=x, v=x, fq=x, fk=x) is hybrid.hybrid_step
+
+
+# ------------------------------------------------------------------ long decode, bf16 vs fp64
+
+def _long_decode(step_fn, steps, device):
+    """Lizard-shaped decode: bf16 inputs, fp32 state, compared with an fp64 reference state."""
+    gen = torch.Generator().manual_seed(1)
+    B, H, D, F, W = 2, 2, 16, 16, 8
+    st = hybrid.init_state(B, H, D, D, F, W, True, device, torch.bfloat16)
+    st64 = hybrid.init_state(B, H, D, D, F, W, True, "cpu", torch.float64)
+    mix = torch.randn(H, generator=gen)
+    mk, mv = torch.randn(H, 2, D, generator=gen), torch.randn(H, 2, D, generator=gen)
+    worst = 0.0
+    for t in range(steps):
+        x = [torch.randn(B, H, D, generator=gen) for _ in range(3)]
+        fq, fk = (torch.softmax(torch.randn(B, H, F, generator=gen), -1) for _ in range(2))
+        g = -0.05 * torch.sigmoid(torch.randn(B, H, F, generator=gen))  # long memory
+        args = [a.bfloat16() for a in (*x, fq, fk)]  # the same bf16-rounded inputs for both
+        o64 = hybrid.hybrid_step(st64, *[a.double() for a in args], g.double(), mix.double(), D ** -0.5,
+                                 None, mk.double(), mv.double())
+        o = step_fn(st, *[a.to(device) for a in args], g.to(device), mix.to(device), D ** -0.5, None,
+                    mk.bfloat16().to(device), mv.bfloat16().to(device))
+        if t % 97 == 0 or t == steps - 1:
+            err = (o.double().cpu() - o64).abs().max().item() / o64.abs().max().item()
+            worst = max(worst, err)
+    s_err = (st["S"].double().cpu() - st64["S"]).abs().max().item() / st64["S"].abs().max().item()
+    return worst, s_err
+
+
+@pytest.mark.slow
+def test_long_decode_bf16_inputs_fp32_state_pytorch_step():
+    """10K steps of the PyTorch step (the interpreter is too slow for 10K kernel launches): bf16
+    inputs, fp32 state vs an fp64 state; outputs within 2e-2 (bf16 output rounding), state 1e-4."""
+    worst, s_err = _long_decode(hybrid.hybrid_step, 10_000, "cpu")
+    assert worst < 2e-2 and s_err < 1e-4, (worst, s_err)
+
+
+def test_long_decode_kernel_interpreted_short():
+    """The same with the Triton step under the interpreter, 300 steps (bf16 loads, fp32 math)."""
+    worst, s_err = _long_decode(decode.hybrid_step_triton, 300, "cpu")
+    assert worst < 2e-2 and s_err < 1e-4, (worst, s_err)
