@@ -31,7 +31,11 @@ def token_perplexity(samples: Iterable[dict], tokenizer) -> float:
 
     samples: ``results["samples"][task]`` from ``simple_evaluate(..., log_samples=True)``; each has
     ``arguments`` (the scored string is the first argument) and ``resps`` ([[loglik]]).
+    tokenizer: the lm-eval model itself (its ``tok_encode`` is what rolling loglikelihood scored)
+    or an HF tokenizer (then encoded without special tokens).
     """
+    encode = getattr(tokenizer, "tok_encode", None) or (
+        lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
     total_ll, total_tokens = 0.0, 0
     for s in samples:
         args = s["arguments"]
@@ -39,7 +43,7 @@ def token_perplexity(samples: Iterable[dict], tokenizer) -> float:
         ll = s["resps"][0][0]
         ll = ll[0] if isinstance(ll, (list, tuple)) else ll
         total_ll += float(ll)
-        total_tokens += len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        total_tokens += len(encode(text))
     if total_tokens == 0:
         return float("nan")
     return math.exp(-total_ll / total_tokens)

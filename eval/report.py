@@ -66,7 +66,7 @@ def evaluate_model(pretrained: str, specs: list[TaskSpec], *, limit: int | None 
                 if "," in k and "_stderr" not in k and isinstance(v, (int, float))
             }
             if "word_perplexity" in metrics and spec.local in res.get("samples", {}):
-                metrics["token_perplexity"] = token_perplexity(res["samples"][spec.local], lm.tokenizer)
+                metrics["token_perplexity"] = token_perplexity(res["samples"][spec.local], lm)
             out["tasks"][spec.short] = metrics
     if probes is not None:
         out["probes"] = run_probes(lm.model, lm.tokenizer, probes, device=lm.device)
