@@ -317,6 +317,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         except (TypeError, ValueError):
             raise RecipeError(f"{key}: expected a number, got {value!r}") from None
     if tp is str:
+        if isinstance(value, bool):  # YAML 1.1 reads a bare `no` / `yes` as a bool
+            return "yes" if value else "no"
         if value is None or isinstance(value, (dict, list)):
             raise RecipeError(f"{key}: expected a string, got {value!r}")
         return str(value)

@@ -54,7 +54,9 @@ def test_overrides_are_typed():
     cfg = load_recipe(None, ["--distill.lr=1e-3", "--data.seq_len=256", "--eval.tasks=[piqa,arc_easy]",
                              "--finetune.lora_targets=q_proj", "--data.source_weights.wikipedia=2",
                              "--linearize.softmax_layers=[0,1]", "--eval.limit=null", "--distill.tokens=2e7",
-                             "--finetune.train_new_params=true", "seed=3"])
+                             "--finetune.train_new_params=true", "seed=3",
+                             "--distill.mixed_precision=no"])
+    assert cfg.distill.mixed_precision == "no"
     assert cfg.distill.lr == 1e-3 and isinstance(cfg.distill.lr, float)
     assert cfg.data.seq_len == 256
     assert cfg.eval.tasks == ["piqa", "arc_easy"]

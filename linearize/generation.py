@@ -1,0 +1,231 @@
+"""Fast generation for converted (all-linear) checkpoints: one prefill through the chunked kernels,
+then a decode step captured once in a CUDA graph and replayed per token.
+
+    from linearize.generation import fast_generate, stream_generate
+    out = fast_generate(model, input_ids, max_new_tokens=256)          # [B, T + new] token ids
+    for tokens, stats in stream_generate(model, input_ids, 256):         # tokens: [B, k] new ids
+        ...
+
+Why it is fast: every linear layer's state is fixed-size, so after the prefill every buffer the
+decode step touches (the recurrent states, the input token, the positions, the output) exists and
+never moves; the step counter lives on the device (state["pos"], the positions tensor), so the
+whole step (embedding, 30 layers with one Triton kernel each, the head and the sampling) replays
+as one graph launch and Python is out of the loop. Models that keep softmax layers (a growing
+KV cache), CPU models, and LINEARIZE_CUDA_GRAPH=0 fall back to an eager loop over the same step.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from .cache import LinearizedCache, RecurrentLayer
+
+
+@dataclass
+class GenerationStats:
+    batch: int
+    prompt_len: int
+    new_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    graph: bool = False
+    peak_memory_bytes: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens (all rows) per second, prefill included."""
+        t = self.prefill_s + self.decode_s
+        return self.batch * self.new_tokens / t if t > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.batch * self.new_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {"batch": self.batch, "prompt_len": self.prompt_len, "new_tokens": self.new_tokens,
+                "prefill_s": self.prefill_s, "decode_s": self.decode_s, "graph": self.graph,
+                "tokens_per_s": self.tokens_per_s, "decode_tokens_per_s": self.decode_tokens_per_s,
+                "peak_memory_bytes": self.peak_memory_bytes, **self.extra}
+
+
+def _ensure_kernels() -> None:
+    try:
+        from . import kernels  # noqa: F401  (registers the Triton kernels with dispatch)
+    except ImportError:  # pragma: no cover - no triton: the references run
+        pass
+
+
+def _inner(model):
+    return model.model
+
+
+def _sample(logits, temperature: float, top_k: int | None):
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    u = torch.rand_like(logits).clamp_(1e-20, 1.0)
+    return (logits - torch.log(-torch.log(u))).argmax(-1)  # Gumbel-max: no host sync, graph-safe
+
+
+class _Decoder:
+    """The decode step over static buffers: ids [B, 1], positions [B, 1], output tokens [B, N]."""
+
+    def __init__(self, model, cache, first_ids, first_pos, max_new_tokens, temperature, top_k):
+        self.model, self.cache = model, cache
+        self.temperature, self.top_k = temperature, top_k
+        B = first_ids.shape[0]
+        dev = first_ids.device
+        self.ids = first_ids.view(B, 1).clone()
+        self.pos = first_pos.view(B, 1).clone()
+        self.out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=dev)
+        self.out[:, 0] = self.ids[:, 0]
+        self.t = torch.ones(B, 1, dtype=torch.long, device=dev)  # next column of self.out
+        self.graph = None
+
+    def _forward(self):
+        inner = _inner(self.model)
+        x = inner.embed_tokens(self.ids)
+        pe = inner.rotary_emb(x, position_ids=self.pos)
+        for layer in inner.layers:
+            x = layer(x, attention_mask=None, position_ids=self.pos, past_key_values=self.cache,
+                      use_cache=True, position_embeddings=pe)
+            if isinstance(x, tuple):
+                x = x[0]
+        x = inner.norm(x)
+        return self.model.lm_head(x[:, -1])
+
+    def step(self):
+        nxt = _sample(self._forward(), self.temperature, self.top_k)
+        self.ids.copy_(nxt.view(-1, 1))
+        self.pos.add_(1)
+        self.out.scatter_(1, self.t.clamp(max=self.out.shape[1] - 1), self.ids)
+        self.t.add_(1)
+
+    def _python_counters(self):
+        return [(l, l.seen, l.state["n"]) for l in self.cache.layers if isinstance(l, RecurrentLayer)]
+
+    def capture(self):
+        """One eager step on a side stream (warm-up: allocations, autotuning), then capture."""
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            self.step()
+        torch.cuda.current_stream().wait_stream(s)
+        saved = self._python_counters()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.step()
+        for layer, seen, n in saved:  # capture ran the Python once without running the GPU work
+            layer.seen, layer.state["n"] = seen, n
+
+    def replay(self):
+        self.graph.replay()
+        for layer in self.cache.layers:
+            if isinstance(layer, RecurrentLayer):
+                layer.seen += 1
+                layer.state["n"] += 1
+
+
+def _all_linear(cache) -> bool:
+    return all(isinstance(l, RecurrentLayer) for l in cache.layers)
+
+
+@torch.no_grad()
+def prefill(model, input_ids, attention_mask=None):
+    """Run the prompt through the chunked form. Returns (last logits [B, vocab], cache, positions [B])."""
+    _ensure_kernels()
+    cache = LinearizedCache.for_model(model)
+    if attention_mask is not None:
+        pos_ids = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
+    else:
+        pos_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None].expand(input_ids.shape[0], -1)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos_ids,
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1], out.past_key_values, pos_ids[:, -1]
+
+
+def _prepare_states(cache):
+    """Give every hybrid state its device step counter before anything is captured."""
+    for layer in cache.layers:
+        if isinstance(layer, RecurrentLayer) and layer.state is not None and "k" in layer.state:
+            st = layer.state
+            B = st["k"].shape[0]
+            st["pos"] = torch.full((B,), int(st["n"]), dtype=torch.int32, device=st["k"].device)
+
+
+@torch.no_grad()
+def stream_generate(model, input_ids, max_new_tokens: int, attention_mask=None, temperature: float = 0.0,
+                    top_k: int | None = None, cuda_graph: bool | None = None, chunk: int = 16,
+                    eos_token_id: int | None = None) -> Iterator[tuple[torch.Tensor, GenerationStats]]:
+    """Yield (new tokens [B, k] on the CPU, running stats) every ``chunk`` tokens. Stops after
+    ``max_new_tokens`` or once every row has produced ``eos_token_id``."""
+    B, T = input_ids.shape
+    dev = input_ids.device
+    stats = GenerationStats(batch=B, prompt_len=T)
+    if max_new_tokens <= 0:
+        return
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    logits, cache, last_pos = prefill(model, input_ids, attention_mask)
+    first = _sample(logits, temperature, top_k)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    stats.prefill_s = time.perf_counter() - t0
+    stats.new_tokens = 1
+    if cuda_graph is None:
+        cuda_graph = dev.type == "cuda" and os.environ.get("LINEARIZE_CUDA_GRAPH", "1") != "0"
+    cuda_graph = cuda_graph and _all_linear(cache)
+    _prepare_states(cache)
+    dec = _Decoder(model, cache, first, last_pos + 1, max_new_tokens, temperature, top_k)
+    stats.graph = bool(cuda_graph)
+    done = 1
+    yielded = 0
+    t1 = time.perf_counter()
+    if cuda_graph and max_new_tokens > 1:
+        dec.capture()  # its warm-up step is a real step: token 2
+        done = 2
+    while done < max_new_tokens:
+        if dec.graph is not None:
+            dec.replay()
+        else:
+            dec.step()
+        done += 1
+        if done - yielded >= chunk or done == max_new_tokens:
+            new = dec.out[:, yielded:done].cpu()  # syncs
+            stats.new_tokens, stats.decode_s = done, time.perf_counter() - t1
+            yielded = done
+            yield new, stats
+            if eos_token_id is not None and bool((dec.out[:, :done] == eos_token_id).any(-1).all()):
+                return
+    if yielded < done:
+        new = dec.out[:, yielded:done].cpu()
+        stats.new_tokens, stats.decode_s = done, time.perf_counter() - t1
+        yield new, stats
+
+
+@torch.no_grad()
+def fast_generate(model, input_ids, max_new_tokens: int, attention_mask=None, temperature: float = 0.0,
+                  top_k: int | None = None, cuda_graph: bool | None = None, return_stats: bool = False):
+    """Greedy (or temperature / top-k) generation: returns [B, T + max_new_tokens] token ids
+    (and GenerationStats with ``return_stats``). Syncs with the host only at the end."""
+    stats = GenerationStats(batch=input_ids.shape[0], prompt_len=input_ids.shape[1])
+    is_cuda = input_ids.device.type == "cuda"
+    if is_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    parts = []
+    for new, stats in stream_generate(model, input_ids, max_new_tokens, attention_mask, temperature, top_k,
+                                      cuda_graph, chunk=max(1, max_new_tokens)):
+        parts.append(new)
+    if is_cuda:
+        stats.peak_memory_bytes = torch.cuda.max_memory_allocated()
+    out = torch.cat([input_ids.cpu(), *parts], 1).to(input_ids.device) if parts else input_ids
+    return (out, stats) if return_stats else out
