@@ -168,11 +168,13 @@ class EvalConfig:
     tasks:  lm-eval short names (piqa, arc_easy, ...).
     limit:  documents per task (None = all).
     probes: context lengths of the recall probes (empty = no probes).
+    batch_size: lm-eval batch size (an int, or "auto").
     """
 
     tasks: list[str] = field(default_factory=list)
     limit: Optional[int] = None
     probes: list[int] = field(default_factory=list)
+    batch_size: int = 16
 
 
 @dataclass

@@ -20,6 +20,9 @@ from typing import Optional
 
 from .recipes import TINY_RANDOM_LLAMA, RecipeError, RunConfig, load_recipe, save_recipe
 
+# `python -m linearize run` with no recipe: SmolLM2-135M, CPU-sized (see the README's quick start)
+DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.yaml")
+
 # what each command does, for its --help
 HELP = {
     "distill": "stage 1: attention transfer (train only the new linear-attention parameters)",
@@ -38,7 +41,8 @@ def add_train_parsers(subparsers) -> None:
         p = subparsers.add_parser(
             name, help=help_, description=help_ + ". Extra --key=value arguments override recipe keys.",
         )
-        p.add_argument("recipe", help="recipe YAML (see recipes/)")
+        p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE,
+                       help="recipe YAML (see recipes/); default: the embedded quick-start recipe")
         p.add_argument("--resume", action="store_true", help="continue from the stage checkpoints in output_dir")
         p.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)  # stop early (tests)
         p.add_argument("overrides", nargs=argparse.REMAINDER, help="--key=value recipe overrides")
@@ -169,6 +173,7 @@ def run_eval(cfg: RunConfig) -> dict:
     return run_report(
         teacher=teacher_ref(cfg), student=student, tasks=list(cfg.eval.tasks), limit=cfg.eval.limit,
         out_dir=os.path.join(cfg.output_dir, "eval"), probes=list(cfg.eval.probes) or None,
+        batch_size=cfg.eval.batch_size,
     )
 
 
