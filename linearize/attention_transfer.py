@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 
 from .recipes import RunConfig
-from .training import TrainResult, atomic_save, load_trainable, train
+from .training import TrainResult, atomic_save, load_trainable, recipe_identity, train
 
 ARTIFACT = "linear_attention.pt"
 _LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
@@ -101,12 +101,18 @@ def distill(
 ) -> TrainResult:
     """Run stage 1 on a converted ``model``; writes ``<output_dir>/distill/`` and the artifact.
 
-    The model is left in mode "student" with the trained feature maps / gates in place.
+    The model is left in mode "student" with the trained feature maps / gates in place (under
+    FSDP its layers are left wrapped and sharded: stage 2 must start from a fresh model and the
+    artifact, which ``train_cli.cmd_run`` does). Only the main process writes the artifact; every
+    process returns after it is on disk.
     """
+    from . import new_parameters
+    from .recipes import steps_for
     from .surgery import set_mode
 
     run_dir = os.path.join(cfg.output_dir, "distill")
     freeze_all_but_new(model)
+    names = [n for n, _ in new_parameters(model)]  # before any wrapping renames them
     attns = linear_attentions(model)
     for _, a in attns:
         a.transfer_ce_weight = cfg.distill.transfer_ce_weight
@@ -115,22 +121,27 @@ def distill(
         result = train(
             model, make_transfer_loss(attns), train_data, cfg.distill, run_dir,
             val_data=val_data, seed=cfg.seed, resume=resume, stage="distill",
-            max_steps=max_steps, progress=progress,
+            max_steps=max_steps, progress=progress, identity=recipe_identity(cfg, "distill"),
         )
     finally:
         set_mode(model, "student")
-    if result.steps >= _total_steps(cfg, train_data):
-        save_new_params(model, os.path.join(run_dir, ARTIFACT))
+    if result.steps >= steps_for(cfg.distill, train_data.seq_len) and _is_main():
+        path = os.path.join(run_dir, ARTIFACT)
+        if result.final_state is not None:  # FSDP: the gathered full tensors, not the shards
+            atomic_save({n: result.final_state[n] for n in names}, path)
+        else:
+            save_new_params(model, path)
+    _barrier()  # other processes may load the artifact next
     return result
 
 
-def _total_steps(cfg: RunConfig, train_data) -> int:
-    from .recipes import steps_for
+def _is_main() -> bool:
+    from .training import process_state
 
-    try:
-        from accelerate.state import PartialState
+    return process_state().is_main_process
 
-        world = PartialState().num_processes
-    except Exception:  # noqa: BLE001
-        world = 1
-    return steps_for(cfg.distill, train_data.seq_len, world)
+
+def _barrier() -> None:
+    from .training import process_state
+
+    process_state().wait_for_everyone()

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .data import IGNORE_INDEX
 from .recipes import FinetuneConfig, RunConfig, steps_for
-from .training import TrainResult, train
+from .training import TrainResult, recipe_identity, train
 
 
 def add_lora(model: torch.nn.Module, cfg: FinetuneConfig):
@@ -64,8 +64,9 @@ def kd_loss(student_logits, teacher_logits, labels, temperature: float = 1.0):
 def make_finetune_loss(peft_model, cfg: FinetuneConfig):
     """loss_fn(model, batch) -> (loss, {"lm_loss", "kd_loss"}).
 
-    ``peft_model`` is the unwrapped PeftModel (the teacher pass needs ``disable_adapter``); the
-    ``model`` argument may be its DDP wrapper and carries the gradient pass.
+    ``peft_model`` is the unwrapped PeftModel (``disable_adapter`` and the attention modes switch
+    its modules in place); the ``model`` argument may be its DDP/FSDP wrapper and runs both the
+    teacher pass (no grad) and the student pass.
     """
     from .surgery import attention_mode
 
@@ -76,7 +77,7 @@ def make_finetune_loss(peft_model, cfg: FinetuneConfig):
             with ExitStack() as st, torch.no_grad():
                 st.enter_context(peft_model.disable_adapter())
                 st.enter_context(attention_mode(peft_model.get_base_model(), "teacher"))
-                teacher_logits = peft_model(
+                teacher_logits = model(
                     input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
                 ).logits
         out = model(
@@ -114,17 +115,38 @@ def finetune(
     from .surgery import set_mode
 
     set_mode(model, "student")
-    peft_model = add_lora(model, cfg.finetune)
+    # LoRA's init is a function of the recipe seed: the same on every rank and for any process
+    # count (DDP would broadcast rank 0's anyway, but 1 and N processes must start alike)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        peft_model = add_lora(model, cfg.finetune)
     run_dir = os.path.join(cfg.output_dir, "finetune")
     result = train(
         peft_model, make_finetune_loss(peft_model, cfg.finetune), train_data, cfg.finetune, run_dir,
         val_data=val_data, seed=cfg.seed, resume=resume, stage="finetune", max_steps=max_steps, progress=progress,
+        identity=recipe_identity(cfg, "finetune"),
     )
-    world = _world()
-    finished = result.steps >= steps_for(cfg.finetune, train_data.seq_len, world)
+    finished = result.steps >= steps_for(cfg.finetune, train_data.seq_len)
     if save and finished and _is_main():
+        if result.final_state is not None:  # FSDP: the wrapped model holds shards; export a rebuilt one
+            peft_model = rebuild_peft(cfg, result.final_state)
         save_outputs(peft_model, tokenizer, cfg)
+    _barrier()
     return peft_model, result
+
+
+def rebuild_peft(cfg: RunConfig, trainable: dict[str, torch.Tensor]):
+    """A fresh, unwrapped PeftModel of the recipe carrying stage 1's parameters and the trained
+    tensors ``trainable`` (full, by PeftModel parameter name): the export path when the trained
+    model itself is FSDP-sharded. Main process only; costs one model in CPU memory."""
+    from .attention_transfer import ARTIFACT, load_new_params
+    from .training import load_converted, load_trainable
+
+    model, _ = load_converted(cfg)
+    load_new_params(model, os.path.join(cfg.output_dir, "distill", ARTIFACT))
+    pm = add_lora(model, cfg.finetune)
+    load_trainable(pm, trainable)
+    return pm
 
 
 def save_outputs(peft_model, tokenizer, cfg: RunConfig) -> dict[str, str]:
@@ -140,19 +162,13 @@ def save_outputs(peft_model, tokenizer, cfg: RunConfig) -> dict[str, str]:
     return paths
 
 
-def _world() -> int:
-    try:
-        from accelerate.state import PartialState
-
-        return PartialState().num_processes
-    except Exception:  # noqa: BLE001
-        return 1
-
-
 def _is_main() -> bool:
-    try:
-        from accelerate.state import PartialState
+    from .training import process_state
 
-        return PartialState().is_main_process
-    except Exception:  # noqa: BLE001
-        return True
+    return process_state().is_main_process
+
+
+def _barrier() -> None:
+    from .training import process_state
+
+    process_state().wait_for_everyone()

@@ -96,8 +96,13 @@ class StageConfig:
 
     steps:           optimizer steps; if 0, derived from ``tokens``.
     tokens:          token budget of the stage (used when ``steps`` is 0).
-    batch_size:      sequences per micro-batch per process.
-    grad_accum:      micro-batches per optimizer step.
+    batch_size:      sequences per micro-batch on one device: the memory bound of a forward pass.
+    grad_accum:      micro-batches per optimizer step on one process.
+                     ``batch_size * grad_accum`` is the GLOBAL batch (sequences per optimizer
+                     step), the same whatever the process count: under N processes each takes
+                     ``global / N`` sequences a step, in micro-batches of at most ``batch_size``
+                     (``split_batch``), so the curve, the step count and the token budget of a
+                     recipe do not depend on how many GPUs run it.
     lr, weight_decay, betas: AdamW.
     warmup_steps:    linear warm-up, then cosine decay to ``min_lr_ratio * lr``.
     max_grad_norm:   gradient clipping (0 = off).
@@ -225,11 +230,42 @@ def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise RecipeError(f"{key}: {value!r} is not one of {', '.join(choices)}{hint}")
 
 
-def steps_for(stage: StageConfig, seq_len: int, world_size: int = 1) -> int:
-    """Optimizer steps of a stage: ``steps``, or ``tokens`` / tokens-per-step (at least 1)."""
+def global_batch(stage: StageConfig) -> int:
+    """Sequences per optimizer step, summed over all processes: ``batch_size * grad_accum``."""
+    return stage.batch_size * stage.grad_accum
+
+
+def split_batch(stage: StageConfig, world_size: int = 1) -> tuple[int, int]:
+    """(per-device micro-batch, accumulation steps) that give the recipe's global batch on
+    ``world_size`` processes.
+
+    Each process takes ``global / world_size`` sequences a step; the micro-batch is the largest
+    divisor of that which does not exceed the recipe's ``batch_size`` (the memory bound), so all
+    micro-batches have the same size and the mean of their losses is the mean over the step.
+    One process gets the recipe's own (batch_size, grad_accum) back.
+    """
+    g = global_batch(stage)
+    if world_size < 1:
+        raise RecipeError(f"world size must be >= 1, got {world_size}")
+    if g % world_size:
+        raise RecipeError(
+            f"the global batch batch_size*grad_accum = {stage.batch_size}*{stage.grad_accum} = {g} sequences "
+            f"does not split evenly over {world_size} processes; use a process count that divides {g} "
+            f"or change grad_accum"
+        )
+    per_rank = g // world_size
+    micro = max(d for d in range(1, min(stage.batch_size, per_rank) + 1) if per_rank % d == 0)
+    return micro, per_rank // micro
+
+
+def steps_for(stage: StageConfig, seq_len: int) -> int:
+    """Optimizer steps of a stage: ``steps``, or ``tokens`` / tokens-per-step (at least 1).
+
+    Tokens per step = global batch * seq_len: independent of the process count.
+    """
     if stage.steps > 0:
         return stage.steps
-    per_step = stage.batch_size * stage.grad_accum * seq_len * world_size
+    per_step = global_batch(stage) * seq_len
     return max(1, stage.tokens // per_step)
 
 

@@ -7,7 +7,9 @@
 
 Overrides are dotted recipe keys (``--distill.lr=1e-3 --data.seq_len=512``); an unknown key is
 refused with the nearest valid one. The resolved recipe is saved as ``<output_dir>/recipe.yaml``.
-Multi-GPU: ``accelerate launch -m linearize run RECIPE``.
+Several processes: ``accelerate launch --config_file recipes/accelerate/ddp.yaml -m linearize run
+RECIPE`` (GPUs, DDP or FSDP: recipes/accelerate/README.md) or ``torchrun --nproc_per_node N -m
+linearize.train_cli run RECIPE`` (CPU, gloo). The recipe's global batch is kept whatever N is.
 
 ``add_train_parsers(subparsers)`` plugs these into the main ``linearize`` CLI.
 """
@@ -86,29 +88,63 @@ def _dispatch(args) -> int:
     except (RecipeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from .training import CheckpointMismatchError
+
     fn = {"distill": cmd_distill, "finetune": cmd_finetune, "run": cmd_run}[args.command]
-    fn(cfg, resume=resume, max_steps=max_steps)
+    try:
+        fn(cfg, resume=resume, max_steps=max_steps)
+    except CheckpointMismatchError as e:  # refused before any step; the output_dir is as it was
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
 # ------------------------------------------------------------------ commands
 
 
-def _setup(cfg: RunConfig):
+def _setup(cfg: RunConfig, resume: bool = False):
     from .training import load_converted, stage_data
 
-    save_recipe(cfg, os.path.join(cfg.output_dir, "recipe.yaml"))
+    path = os.path.join(cfg.output_dir, "recipe.yaml")
+    if resume:
+        check_same_recipe(path, cfg)  # refuse before loading anything, and keep the old recipe.yaml
+    if _is_main():
+        save_recipe(cfg, path)
     model, tok = load_converted(cfg)
-    train, val = stage_data(cfg, tok, _world())
+    train, val = stage_data(cfg, tok)
     return model, tok, train, val
+
+
+def check_same_recipe(path: str, cfg: RunConfig) -> None:
+    """``--resume`` into an output_dir written by another recipe: a ``CheckpointMismatchError``
+    naming the differing keys (the split of the global batch and logging intervals may change)."""
+    from .training import CheckpointMismatchError, identity_diff, recipe_identity, stage_identity
+
+    if not os.path.isfile(path):
+        return
+    old = load_recipe(path)
+
+    def ident(c: RunConfig) -> dict:
+        out = dict(recipe_identity(c, ""))
+        for name in ("distill", "finetune"):
+            out.update({f"{name}.{k}": v for k, v in stage_identity(getattr(c, name), c.data.seq_len).items()})
+        return out
+
+    diff = identity_diff(ident(old), ident(cfg))
+    if diff:
+        raise CheckpointMismatchError(
+            f"--resume: {cfg.output_dir} holds a run of another recipe ({path}); nothing was changed:\n  "
+            + "\n  ".join(diff[:8]) + ("\n  ..." if len(diff) > 8 else "")
+            + "\nresume with the recipe that wrote it, or use another output_dir"
+        )
 
 
 def cmd_distill(cfg: RunConfig, resume: bool = False, max_steps: Optional[int] = None, _ctx=None):
     from .attention_transfer import distill
 
-    model, tok, train, val = _ctx or _setup(cfg)
+    model, tok, train, val = _ctx or _setup(cfg, resume)
     result = distill(model, train, cfg, val_data=val, resume=resume, max_steps=max_steps)
-    print(f"[distill] {result.steps} steps, final loss {result.final_loss:.4g} -> {cfg.output_dir}/distill")
+    _say(f"[distill] {result.steps} steps, final loss {result.final_loss:.4g} -> {cfg.output_dir}/distill")
     return model, tok, train, val, result
 
 
@@ -117,11 +153,11 @@ def cmd_finetune(cfg: RunConfig, resume: bool = False, max_steps: Optional[int] 
     from .attention_transfer import ARTIFACT, load_new_params
     from .finetune import finetune
 
-    model, tok, train, val = _ctx or _setup(cfg)
+    model, tok, train, val = _ctx or _setup(cfg, resume)
     if not _stage1_loaded:
         load_new_params(model, os.path.join(cfg.output_dir, "distill", ARTIFACT))
     peft_model, result = finetune(model, tok, train, cfg, val_data=val, resume=resume, max_steps=max_steps)
-    print(f"[finetune] {result.steps} steps, final loss {result.final_loss:.4g} -> {cfg.output_dir}")
+    _say(f"[finetune] {result.steps} steps, final loss {result.final_loss:.4g} -> {cfg.output_dir}")
     return peft_model, result
 
 
@@ -129,7 +165,7 @@ def cmd_run(cfg: RunConfig, resume: bool = False, max_steps: Optional[int] = Non
     """The whole pipeline in one process (the model is loaded and the data tokenised once)."""
     from .training import build_model
 
-    if cfg.eval.tasks and cfg.model.name_or_path == TINY_RANDOM_LLAMA:
+    if cfg.eval.tasks and cfg.model.name_or_path == TINY_RANDOM_LLAMA and _is_main():
         # the report loads the teacher by path: give the in-code model one
         teacher_dir = os.path.join(cfg.output_dir, "teacher")
         m, t = build_model(cfg.model, cfg.seed)
@@ -138,12 +174,20 @@ def cmd_run(cfg: RunConfig, resume: bool = False, max_steps: Optional[int] = Non
     model, tok, train, val, r1 = cmd_distill(cfg, resume=resume, max_steps=max_steps)
     from .recipes import steps_for
 
-    if r1.steps < steps_for(cfg.distill, cfg.data.seq_len, _world()):
-        print("[run] stage 1 stopped early; rerun with --resume to continue")
+    if r1.steps < steps_for(cfg.distill, cfg.data.seq_len):
+        _say("[run] stage 1 stopped early; rerun with --resume to continue")
         return {}
-    _, r2 = cmd_finetune(cfg, resume=resume, max_steps=max_steps, _ctx=(model, tok, train, val), _stage1_loaded=True)
-    if r2.steps < steps_for(cfg.finetune, cfg.data.seq_len, _world()):
-        print("[run] stage 2 stopped early; rerun with --resume to continue")
+    loaded = True
+    if r1.final_state is not None:
+        # FSDP left stage 1's model wrapped and sharded in place: start stage 2 from a fresh model
+        # and the (gathered) stage-1 artifact, as the `finetune` command does
+        from .training import load_converted
+
+        model, _ = load_converted(cfg)
+        loaded = False
+    _, r2 = cmd_finetune(cfg, resume=resume, max_steps=max_steps, _ctx=(model, tok, train, val), _stage1_loaded=loaded)
+    if r2.steps < steps_for(cfg.finetune, cfg.data.seq_len):
+        _say("[run] stage 2 stopped early; rerun with --resume to continue")
         return {}
     if not cfg.eval.tasks or not _is_main():
         return {}
@@ -177,16 +221,16 @@ def run_eval(cfg: RunConfig) -> dict:
     )
 
 
-def _world() -> int:
-    from accelerate.state import PartialState
-
-    return PartialState().num_processes
-
-
 def _is_main() -> bool:
-    from accelerate.state import PartialState
+    from .training import process_state
 
-    return PartialState().is_main_process
+    return process_state().is_main_process
+
+
+def _say(msg: str) -> None:
+    """Print once per run, not once per process."""
+    if _is_main():
+        print(msg)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -5,8 +5,16 @@
 ``loss_fn(model, batch) -> (loss, {name: float})`` is the only stage-specific part. The loop
 
 * runs through ``accelerate.Accelerator`` (plain python on CPU, ``accelerate launch`` on 1 GPU,
-  DDP or FSDP), with ``mixed_precision`` (bf16 autocast; trainable weights stay fp32) and
-  ``gradient_accumulation_steps``;
+  DDP or FSDP; ``torchrun`` on CPU gives gloo DDP), with ``mixed_precision`` (bf16 autocast;
+  trainable weights stay fp32) and gradient accumulation;
+* keeps the recipe's GLOBAL batch (``batch_size * grad_accum`` sequences a step) whatever the
+  process count: ``recipes.split_batch`` derives the per-device micro-batch and accumulation, the
+  data order is a function of the step (so each step sees the same sequences on 1 or N
+  processes, split without overlap), and every logged number is reduced over processes: the
+  loss curve of N processes is that of one, up to float summation order;
+* writes only from the main process (metrics, plot, checkpoint, artifacts); a checkpoint records
+  the recipe it belongs to (``identity``) and resumes under any process count, and one of
+  another recipe is refused before a step runs;
 * trains only the parameters with ``requires_grad`` (the stage sets them);
 * is deterministic on CPU for a fixed seed: data order is a pure function of (seed, position),
   and RNG state travels in the checkpoint, so a killed run resumed from its checkpoint reaches the
@@ -33,11 +41,15 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .recipes import TINY_RANDOM_LLAMA, ModelConfig, StageConfig, steps_for
+from .recipes import TINY_RANDOM_LLAMA, ModelConfig, StageConfig, global_batch, split_batch, steps_for, to_dict
 
 LossFn = Callable[[torch.nn.Module, dict], "tuple[torch.Tensor, dict[str, float]]"]
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that cannot be resumed by this run (another recipe, stage or parallelism)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -112,20 +124,25 @@ def build_model(mcfg: ModelConfig, seed: int = 0):
 # ------------------------------------------------------------------ data order
 
 
-def micro_batch_indices(n_blocks: int, micro: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+def micro_batch_indices(
+    n_blocks: int, micro: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, grad_accum: int = 1
+):
     """Block indices of this rank's ``micro``-th micro-batch: a pure function of its arguments.
 
-    The stream is epoch after epoch of seeded permutations; every micro-batch takes
-    ``batch_size * world`` consecutive entries, rank r its r-th slice; a remainder at an epoch's
-    end is skipped so a batch never straddles epochs. Resuming only needs ``micro``.
+    ``batch_size`` / ``grad_accum`` are this process's (``recipes.split_batch``); a step takes
+    ``G = batch_size * grad_accum * world`` consecutive entries of a stream made of seeded
+    permutations, epoch after epoch; rank r owns the r-th ``G / world`` of them and its micro-batch
+    m the m-th ``batch_size`` of those. Epochs are cut at whole steps (a remainder is skipped), so
+    the blocks of step s are the same for every split of the same global batch G: one process and
+    N processes train on the same data, without overlap or loss. Resuming only needs ``micro``.
     """
-    per = batch_size * world
-    if n_blocks < per:
-        raise ValueError(f"{n_blocks} training blocks are fewer than one global micro-batch of {per}")
-    per_epoch = n_blocks // per
-    epoch, k = divmod(micro, per_epoch)
+    per_step = batch_size * grad_accum * world
+    if n_blocks < per_step:
+        raise ValueError(f"{n_blocks} training blocks are fewer than one global batch of {per_step}")
+    step, m = divmod(micro, grad_accum)
+    epoch, k = divmod(step, n_blocks // per_step)
     perm = np.random.default_rng([seed, epoch]).permutation(n_blocks)
-    start = k * per + rank * batch_size
+    start = k * per_step + rank * batch_size * grad_accum + m * batch_size
     return perm[start:start + batch_size]
 
 
@@ -224,16 +241,125 @@ def plot_loss_curve(metrics_path: str, png_path: str, title: str = "") -> Option
 # ------------------------------------------------------------------ accelerator
 
 
-def make_accelerator(mixed_precision: str, grad_accum: int):
+def check_devices(local_processes: int, n_gpus: int) -> None:
+    """Refuse more processes on a node than GPUs it shows, before any process group or step.
+
+    On CPU (gloo) there is no device count to exceed: processes share the cores, so too many only
+    run slower; that case is not an error.
+    """
+    if n_gpus > 0 and local_processes > n_gpus:
+        vis = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise RuntimeError(
+            f"{local_processes} processes were launched on this node but only {n_gpus} GPU(s) are visible"
+            f"{f' (CUDA_VISIBLE_DEVICES={vis})' if vis is not None else ''}: launch with --num_processes "
+            f"{n_gpus} or fewer (the recipe's global batch stays the same whatever the count)"
+        )
+
+
+def make_accelerator(mixed_precision: str, grad_accum: int = 1, cpu: Optional[bool] = None):
     """An Accelerator for one stage; a stage with another precision resets the shared state
-    (Accelerate keeps it process-wide) but keeps the process group."""
+    (Accelerate keeps it process-wide) but keeps the process group.
+
+    cpu: run on CPU; default: when CUDA is not available. Accelerate only sets up a gloo process
+    group (``DistributedType.MULTI_CPU``) under ``torchrun`` when asked for the CPU, so this
+    flag is what makes multi-process CPU runs real DDP rather than N independent copies.
+    """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    if cpu is None:
+        cpu = not torch.cuda.is_available()
+    if not cpu:
+        check_devices(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count())
     st = AcceleratorState._shared_state
     if st and st.get("_mixed_precision") not in (None, mixed_precision):
         AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum)
+    return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=cpu)
+
+
+def process_state():
+    """Accelerate's process-wide ``PartialState`` (world size, rank, barriers).
+
+    Whoever creates it first fixes it for the process, and without ``cpu=True`` a CPU-only
+    ``torchrun`` launch is set up as N unrelated single processes: every caller goes through here
+    so the first creation already asks for gloo when there is no GPU.
+    """
+    from accelerate.state import PartialState
+
+    cpu = not torch.cuda.is_available()
+    if not cpu:  # PartialState would bind cuda:LOCAL_RANK and fail with a bare "invalid device ordinal"
+        check_devices(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count())
+    return PartialState(cpu=cpu)
+
+
+def fsdp_wrap_classes(acc) -> Optional[list[str]]:
+    """The layer class names an FSDP transformer wrap policy will look for (None: not FSDP or
+    another policy). Unset names mean the model's ``_no_split_modules``, as Accelerate does."""
+    if acc.distributed_type.name != "FSDP":
+        return None
+    plugin = acc.state.fsdp_plugin
+    policy = getattr(plugin, "auto_wrap_policy", None)
+    name = getattr(policy, "__name__", getattr(getattr(policy, "func", None), "__name__", str(policy)))
+    if "transformer" not in str(name).lower():
+        return None
+    return list(plugin.transformer_cls_names_to_wrap or [])
+
+
+def check_wrap_policy(model: torch.nn.Module, class_names: Optional[list[str]]) -> None:
+    """Refuse an FSDP wrap policy naming a layer class the model does not have, listing the
+    candidates, before the model is wrapped (Accelerate would fail inside ``prepare``, or, with a
+    partial match, shard some layers and not others)."""
+    if class_names is None:
+        return
+    present = {type(m).__name__ for m in model.modules()}
+    names = list(class_names) or list(getattr(model, "_no_split_modules", None) or [])
+    if not names:
+        raise ValueError("FSDP transformer wrap policy without layer classes, and the model declares no "
+                         "_no_split_modules: set fsdp_transformer_layer_cls_to_wrap in the accelerate config")
+    missing = [n for n in names if n not in present]
+    if missing:
+        cands = sorted(n for n in present if n.endswith(("DecoderLayer", "Layer", "Block")))
+        raise ValueError(
+            f"FSDP wrap policy names layer class(es) {missing} that match no module of the model; "
+            f"its layer classes are {cands}: set fsdp_transformer_layer_cls_to_wrap to one of them "
+            f"(the decoder layer, e.g. LlamaDecoderLayer)"
+        )
+
+
+# ------------------------------------------------------------------ recipe identity of a checkpoint
+
+#: stage keys a resumed run may change: how the global batch is split, and how often it logs
+RESUME_FREE_KEYS = ("batch_size", "grad_accum", "log_every", "eval_every", "eval_batches", "ckpt_every")
+
+
+def stage_identity(cfg: StageConfig, seq_len: int, context: Optional[dict] = None) -> dict:
+    """Flat {key: value} of everything that decides a stage's trajectory: its optimisation keys
+    (with the global batch in place of the batch split), the block length and ``context`` (the
+    model, conversion, data and seed keys the stage passes in). A checkpoint stores it; a resume
+    with another identity is another recipe."""
+    out = {k: to_dict(getattr(cfg, k)) for k in cfg.__dataclass_fields__ if k not in RESUME_FREE_KEYS}
+    out["global_batch"] = global_batch(cfg)
+    out["seq_len"] = seq_len
+    out.update(context or {})
+    return out
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: recipe trees as comparable dotted keys."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def identity_diff(saved: dict, current: dict) -> list[str]:
+    """Lines ``key: checkpoint X, this run Y`` for every key whose value differs."""
+    keys = sorted(set(saved) | set(current))
+    return [f"{k}: checkpoint {saved.get(k, '<unset>')!r}, this run {current.get(k, '<unset>')!r}"
+            for k in keys if saved.get(k) != current.get(k)]
 
 
 def seed_everything(seed: int) -> None:
@@ -249,7 +375,9 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class TrainResult:
-    """What a stage ended with; ``history`` holds the metrics lines of this process's steps."""
+    """What a stage ended with; ``history`` holds the metrics lines of the steps run (reduced
+    over processes, the same on every rank). ``final_state`` is, under FSDP only, the gathered
+    full trainable parameters (on the main process; the model's own are shards)."""
 
     steps: int
     final_loss: float
@@ -257,6 +385,33 @@ class TrainResult:
     checkpoint: str
     history: list[dict] = field(default_factory=list)
     resumed_from: int = 0
+    world_size: int = 1
+    final_state: Optional[dict] = None
+
+
+def read_checkpoint(path: str, stage: str, names: set[str], identity: dict, fsdp: bool) -> dict:
+    """Load ``path`` and check it belongs to this run; raises ``CheckpointMismatchError``
+    (before any model wrapping or step, so nothing is overwritten) naming what differs."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if ck.get("stage") != stage:
+        raise CheckpointMismatchError(f"{path} is a checkpoint of stage {ck.get('stage')!r}, not {stage!r}")
+    saved = ck.get("identity")
+    if saved is not None and saved != identity:
+        diff = identity_diff(saved, identity)
+        raise CheckpointMismatchError(
+            f"{path} was written by another recipe; refusing to resume (the checkpoint is left as it is):\n  "
+            + "\n  ".join(diff[:8]) + ("\n  ..." if len(diff) > 8 else "")
+            + "\nresume with the recipe that wrote it, or use another output_dir"
+        )
+    if bool(ck.get("fsdp", False)) != fsdp:
+        was = "FSDP (sharded state)" if ck.get("fsdp") else "one process or DDP (full state)"
+        raise CheckpointMismatchError(
+            f"{path} was written under {was}; resume it under the same kind of parallelism "
+            f"(any process count)"
+        )
+    if not fsdp and set(ck["params"]) != names:
+        raise CheckpointMismatchError(f"{path}: its trainable parameters differ from this model's; wrong recipe?")
+    return ck
 
 
 def train(
@@ -273,27 +428,43 @@ def train(
     max_steps: Optional[int] = None,
     accelerator=None,
     progress: bool = True,
+    identity: Optional[dict] = None,
 ) -> TrainResult:
     """Optimise the ``requires_grad`` parameters of ``model`` on ``loss_fn`` over ``train_data``.
 
     train_data / val_data: ``linearize.data.BlockDataset`` (``batch(indices)`` -> tensors [B, L]).
     max_steps: stop after this many steps (a simulated kill in tests); the schedule still spans
     ``cfg``'s full length so a resumed run continues the same curve.
+    identity: recipe keys beyond ``cfg`` that decide the trajectory (model, conversion, data,
+    seed); stored in the checkpoint with ``cfg``'s own (``stage_identity``) and checked on resume.
     """
-    os.makedirs(run_dir, exist_ok=True)
-    acc = accelerator or make_accelerator(cfg.mixed_precision, cfg.grad_accum)
+    acc = accelerator or make_accelerator(cfg.mixed_precision)
+    world, rank = acc.num_processes, acc.process_index
+    micro_bs, ga = split_batch(cfg, world)  # the recipe's global batch, split over `world` processes
+    acc.gradient_accumulation_steps = ga
     ckpt_path = os.path.join(run_dir, CHECKPOINT)
     metrics_path = os.path.join(run_dir, METRICS)
     seq_len = train_data.seq_len
-    total = steps_for(cfg, seq_len, acc.num_processes)
-    ga = cfg.grad_accum
+    total = steps_for(cfg, seq_len)
+    ident = stage_identity(cfg, seq_len, identity)
+    fsdp = acc.distributed_type.name == "FSDP"
+    fsdp_dir = os.path.join(run_dir, "fsdp_state")
 
     named = trainable_named(model)
     if not named:
         raise ValueError(f"{stage}: the model has no trainable parameters (nothing has requires_grad)")
+    # every check that can refuse the run comes before the first write to run_dir
+    check_wrap_policy(model, fsdp_wrap_classes(acc))
+    ck = None
+    if resume and os.path.isfile(ckpt_path):
+        ck = read_checkpoint(ckpt_path, stage, set(named), ident, fsdp)
+    os.makedirs(run_dir, exist_ok=True)
+
     if cfg.mixed_precision != "no":
-        # autocast computes in bf16/fp16; the master copies (and AdamW's state) stay fp32
-        for p in named.values():
+        # autocast computes in bf16/fp16; the master copies (and AdamW's state) stay fp32. FSDP
+        # flattens a layer's parameters into one tensor, which needs one dtype: all go fp32 there
+        # (sharded, so 1/N each) and FSDP's mixed precision casts them for compute.
+        for p in (model.parameters() if fsdp else named.values()):
             if p.dtype != torch.float32:
                 p.data = p.data.float()
     opt = torch.optim.AdamW(
@@ -305,25 +476,21 @@ def train(
     # the scheduler stays outside prepare(): it steps once per optimizer step on every rank
     pmodel, opt = acc.prepare(model, opt)
     unwrapped = acc.unwrap_model(pmodel)
-    fsdp = acc.distributed_type.name == "FSDP"
-    fsdp_dir = os.path.join(run_dir, "fsdp_state")
+    params = [p for p in pmodel.parameters() if p.requires_grad]  # after wrapping: what clipping sees
 
     start, done = 0, False
-    if resume and (os.path.isfile(ckpt_path)):
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck.get("stage") != stage:
-            raise ValueError(f"{ckpt_path} is a checkpoint of stage {ck.get('stage')!r}, not {stage!r}")
-        if set(ck["params"]) != set(trainable_named(unwrapped)) and not fsdp:
-            raise ValueError(f"{ckpt_path}: its trainable parameters differ from this model's; wrong recipe?")
+    if ck is not None:
         if fsdp:
-            acc.load_state(fsdp_dir)
+            acc.load_state(fsdp_dir)  # sharded (torch.distributed.checkpoint): reshards to this world size
         else:
             load_trainable(unwrapped, ck["params"])
             opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         set_rng_state(ck["rng"])
         start, done = ck["step"], ck.get("done", False)
-        acc.print(f"[{stage}] resumed from {ckpt_path} at step {start}{' (stage finished)' if done else ''}")
+        was = ck.get("world_size", 1)
+        acc.print(f"[{stage}] resumed from {ckpt_path} at step {start}{' (stage finished)' if done else ''}"
+                  f"{f' (written by {was} processes, now {world})' if was != world else ''}")
     elif resume:
         acc.print(f"[{stage}] --resume: no checkpoint in {run_dir}, starting fresh")
 
@@ -336,16 +503,20 @@ def train(
         state = {
             "stage": stage,
             "step": step,
-            "micro_batches": step * ga,  # data position: the order is a function of it
+            "sequences": step * global_batch(cfg),  # data position: the order is a function of the step
             "done": is_done,
             "loss": loss,
             "scheduler": sched.state_dict(),
-            "rng": rng_state(),
+            "rng": rng_state(),  # the main process's; nothing random differs between ranks
             "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+            "identity": ident,
+            "world_size": world,
+            "fsdp": fsdp,
         }
-        if fsdp:  # sharded params/optimizer: Accelerate gathers and writes them, all ranks take part
+        if fsdp:  # sharded params/optimizer: Accelerate writes them, all ranks take part
             tmp = fsdp_dir + ".tmp"
             acc.save_state(tmp)
+            acc.wait_for_everyone()  # every shard is on disk before the directory is published
             if acc.is_main_process:
                 old = fsdp_dir + ".old"
                 if os.path.isdir(fsdp_dir):
@@ -355,7 +526,7 @@ def train(
 
                 shutil.rmtree(old, ignore_errors=True)
             state["params"] = {}
-        else:
+        else:  # DDP replicas are identical: rank 0's copy is the full state, any world size resumes it
             state["params"] = {n: p.detach().cpu().clone() for n, p in trainable_named(unwrapped).items()}
             state["optimizer"] = opt.state_dict()
         if acc.is_main_process:
@@ -363,7 +534,7 @@ def train(
         acc.wait_for_everyone()
 
     n_train = len(train_data)
-    tokens_per_step = cfg.batch_size * ga * seq_len * acc.num_processes
+    tokens_per_step = global_batch(cfg) * seq_len
     history: list[dict] = []
     last_loss = float("nan")
     stop_at = total if max_steps is None else min(total, max_steps)
@@ -375,23 +546,31 @@ def train(
     last_good = ckpt_path if os.path.isfile(ckpt_path) else None
 
     def evaluate() -> Optional[float]:
+        """Mean held-out loss over the first ``eval_batches`` batches of ``cfg.batch_size``: the
+        same batches whatever the process count, dealt round-robin over the ranks. Every rank runs
+        the same number of forward passes (FSDP's all-gathers need all of them; a rank short of
+        a batch repeats batch 0 with weight 0); the (sum, count) pair is summed over ranks."""
         if val_data is None or len(val_data) == 0:
             return None
         pmodel.eval()
-        losses = []
+        bs = cfg.batch_size
+        nb = min(cfg.eval_batches, max(1, len(val_data) // bs))
+        acc_sum = torch.zeros(2, device=acc.device)
         with torch.no_grad():
-            nb = min(cfg.eval_batches, max(1, len(val_data) // cfg.batch_size))
-            for b in range(nb):
-                idx = np.arange(b * cfg.batch_size, min(len(val_data), (b + 1) * cfg.batch_size))
+            for j in range(math.ceil(nb / world)):
+                b = j * world + rank
+                real = b < nb
+                b = b if real else 0
+                idx = np.arange(b * bs, min(len(val_data), (b + 1) * bs))
                 batch = {k: v.to(acc.device) for k, v in val_data.batch(idx).items()}
                 with acc.autocast():
                     loss, _ = loss_fn(pmodel, batch)
-                losses.append(loss.detach().float())
+                if real:
+                    acc_sum += torch.stack([loss.detach().float(), torch.ones((), device=acc.device)])
         pmodel.train()
-        v = torch.stack(losses).mean()
-        if acc.num_processes > 1:
-            v = acc.reduce(v, "mean")
-        return float(v)
+        if world > 1:
+            acc_sum = acc.reduce(acc_sum, "sum")
+        return float(acc_sum[0] / acc_sum[1])
 
     pmodel.train()
     t0 = time.perf_counter()
@@ -401,7 +580,7 @@ def train(
             t_step = time.perf_counter()
             micro_losses, extras = [], {}
             for m in range(ga):
-                idx = micro_batch_indices(n_train, step * ga + m, cfg.batch_size, seed, acc.process_index, acc.num_processes)
+                idx = micro_batch_indices(n_train, step * ga + m, micro_bs, seed, rank, world, ga)
                 batch = {k: v.to(acc.device) for k, v in train_data.batch(idx).items()}
                 with acc.accumulate(pmodel):
                     with acc.autocast():
@@ -410,15 +589,21 @@ def train(
                 micro_losses.append(loss.detach().float())
                 for k, v in extra.items():
                     extras[k] = extras.get(k, 0.0) + float(v) / ga
-            step_loss = torch.stack(micro_losses).mean()
-            if acc.num_processes > 1:
-                step_loss = acc.reduce(step_loss, "mean")
-            if not torch.isfinite(step_loss):
+            # the step loss and the per-part losses, averaged over ranks in one collective: every
+            # rank's micro-batches have the same size, so this is the mean over the global batch
+            keys = sorted(extras)
+            vals = torch.stack([torch.stack(micro_losses).mean()]
+                               + [torch.tensor(extras[k], device=acc.device) for k in keys])
+            if world > 1:
+                vals = acc.reduce(vals, "mean")
+            step_loss = vals[0]
+            extras = {k: float(v) for k, v in zip(keys, vals[1:])}
+            if not torch.isfinite(step_loss):  # the same reduced value on every rank: all stop
                 opt.zero_grad(set_to_none=True)
                 raise NonFiniteLossError(step + 1, float(step_loss), last_good)  # 1-based, as in metrics
             grad_norm = None
             if cfg.max_grad_norm and cfg.max_grad_norm > 0:
-                grad_norm = float(acc.clip_grad_norm_(list(named.values()), cfg.max_grad_norm))
+                grad_norm = float(acc.clip_grad_norm_(params, cfg.max_grad_norm))
             lr = sched.get_last_lr()[0]
             opt.step()
             sched.step()
@@ -433,6 +618,9 @@ def train(
                 "tokens": step * tokens_per_step,
                 "tokens_per_s": tokens_per_step / max(dt, 1e-9),
                 "elapsed_s": time.perf_counter() - t0,
+                "world_size": world,
+                "micro_batch": micro_bs,
+                "grad_accum": ga,
                 **({"grad_norm": grad_norm} if grad_norm is not None else {}),
                 **extras,
             }
@@ -459,20 +647,39 @@ def train(
             bar.close()
         if acc.is_main_process:
             plot_loss_curve(metrics_path, os.path.join(run_dir, "loss.png"), title=stage)
+    final_state = gather_trainable(acc, pmodel, set(named)) if fsdp else None
     acc.wait_for_everyone()
-    return TrainResult(step, last_loss, run_dir, ckpt_path, history, resumed_from=start)
+    if accelerator is None:
+        # drop the wrapper (its DDP hooks on the parameters) before the next stage wraps again
+        acc.free_memory()
+        del pmodel
+    return TrainResult(step, last_loss, run_dir, ckpt_path, history, resumed_from=start, world_size=world,
+                       final_state=final_state)
+
+
+def gather_trainable(acc, pmodel, names: set[str]) -> dict[str, torch.Tensor]:
+    """The full trainable tensors of an FSDP model on the main process (empty elsewhere): a
+    collective, every rank must call it. Accelerate gathers a full state dict, whose keys are
+    the unwrapped model's parameter names."""
+    sd = acc.get_state_dict(pmodel)
+    return {n: t.detach().cpu().clone() for n, t in (sd or {}).items() if n in names} if acc.is_main_process else {}
 
 
 # ------------------------------------------------------------------ pipeline setup
 
 
-def data_budget(cfg, world: int = 1) -> int:
-    """Training tokens both stages read in one pass (more would only be tokenised for nothing)."""
-    need = max(
-        steps_for(st, cfg.data.seq_len, world) * st.batch_size * st.grad_accum * cfg.data.seq_len * world
-        for st in (cfg.distill, cfg.finetune)
-    )
+def data_budget(cfg) -> int:
+    """Training tokens both stages read in one pass (more would only be tokenised for nothing);
+    the same for any process count, as the global batch is."""
+    need = max(steps_for(st, cfg.data.seq_len) * global_batch(st) * cfg.data.seq_len for st in (cfg.distill, cfg.finetune))
     return min(need, cfg.data.max_tokens) if cfg.data.max_tokens else need
+
+
+def recipe_identity(cfg, stage: str) -> dict:
+    """Flat recipe keys besides the stage's own that decide a stage's trajectory: model,
+    conversion, data and seed (``train(identity=...)``)."""
+    return flatten({"model": to_dict(cfg.model), "linearize": to_dict(cfg.linearize), "data": to_dict(cfg.data),
+                    "seed": cfg.seed})
 
 
 def load_converted(cfg, convert: bool = True):
@@ -490,8 +697,9 @@ def load_converted(cfg, convert: bool = True):
     return model, tok
 
 
-def stage_data(cfg, tokenizer, world: int = 1):
-    """(train, held-out) BlockDatasets of a recipe (same blocks for both stages and commands)."""
+def stage_data(cfg, tokenizer):
+    """(train, held-out) BlockDatasets of a recipe (same blocks for both stages, commands and
+    process counts: every process tokenises the same stream and takes its share by index)."""
     from .data import build_datasets
 
-    return build_datasets(cfg.data, tokenizer, max_tokens=data_budget(cfg, world))
+    return build_datasets(cfg.data, tokenizer, max_tokens=data_budget(cfg))
