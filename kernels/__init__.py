@@ -58,4 +58,7 @@ def register_all() -> bool:
     return True
 
 
-register_all()
+# Run from the repository root, this folder is also importable as a top-level `kernels` (which
+# transformers probes for the HF hub package of that name): register only under our own name.
+if __name__ == "linearize.kernels":
+    register_all()

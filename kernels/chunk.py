@@ -275,8 +275,8 @@ def gla_bwd(q, k, v, gkc, gvc, h, do, dhT, dims, BT):
     _bwd_dqkv_kernel[(NT, BH)](
         q, k, v, gkc if gkc is not None else dummy, gvc if gvc is not None else dummy, h, dh, do,
         dq, dk, dv, Tp, K, V, NT,
-        HAS_GK=gkc is not None, HAS_GV=gvc is not None, BT=BT, BK=BK, BV=min(BV, 64),
-        num_warps=4 if BK <= 64 else 8)
+        HAS_GK=gkc is not None, HAS_GV=gvc is not None, BT=BT, BK=BK, BV=32 if BK > 64 else min(BV, 64),
+        num_warps=4 if BK <= 64 else 8, num_stages=1)
     return dq, dk, dv, dh0
 
 

@@ -11,6 +11,8 @@ step; the Python int state["n"] is kept in step for the reference code and the c
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -21,7 +23,7 @@ def _np2(x: int, lo: int = 16) -> int:
 
 
 @triton.jit
-def _hybrid_step_kernel(
+def _hybrid_step_kernel_tile(
     q_ptr, k_ptr, v_ptr, fq_ptr, fk_ptr, g_ptr, valid_ptr, mix_ptr, mk_ptr, mv_ptr,
     kr_ptr, vr_ptr, fkr_ptr, validr_ptr, S_ptr, gr_ptr, pos_ptr, o_ptr,
     scale, H, W, M, D, V, F,
@@ -137,6 +139,129 @@ def _hybrid_step_kernel(
         tl.store(validr_ptr + b * W + slot, cur_valid.to(validr_ptr.dtype.element_ty))
 
 
+@triton.jit
+def _hybrid_step_kernel_chunked(
+    q_ptr, k_ptr, v_ptr, fq_ptr, fk_ptr, g_ptr, valid_ptr, mix_ptr, mk_ptr, mv_ptr,
+    kr_ptr, vr_ptr, fkr_ptr, validr_ptr, S_ptr, gr_ptr, pos_ptr, o_ptr,
+    scale, H, W, M, D, V, F,
+    HAS_G: tl.constexpr, HAS_META: tl.constexpr, HAS_VALID: tl.constexpr, LINEAR: tl.constexpr,
+    BD: tl.constexpr, BV: tl.constexpr, BF: tl.constexpr, BW: tl.constexpr, BM: tl.constexpr,
+    CD: tl.constexpr, CF: tl.constexpr,
+):
+    # Register tiles stay small: scores are built over D in chunks of CD, the linear state is walked
+    # over F in chunks of CF rows (each a [CF, BV] tile); only the ring's values are held whole.
+    bh = tl.program_id(0).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    n = tl.load(pos_ptr + b)
+    slot = n % W
+    evict = n >= W
+
+    ow = tl.arange(0, BW)
+    mw = ow < W
+    is_slot = ow == slot
+    if HAS_VALID:
+        cur_valid = tl.load(valid_ptr + b).to(tl.int1)
+    else:
+        cur_valid = n >= 0  # True
+
+    # ---- window (and meta) scores, this step's key in its slot
+    s = tl.zeros([BW], dtype=tl.float32)
+    if HAS_META:
+        om = tl.arange(0, BM)
+        mm = om < M
+        sm = tl.zeros([BM], dtype=tl.float32)
+    for d0 in range(0, D, CD):
+        od = d0 + tl.arange(0, CD)
+        md = od < D
+        qd = tl.load(q_ptr + bh * D + od, mask=md, other=0.).to(tl.float32)
+        kd = tl.load(k_ptr + bh * D + od, mask=md, other=0.)
+        kt = tl.load(kr_ptr + (bh * W + ow[:, None]) * D + od[None, :], mask=mw[:, None] & md[None, :], other=0.)
+        kt = tl.where(is_slot[:, None], kd[None, :], kt).to(tl.float32)
+        s += tl.sum(kt * qd[None, :], 1)
+        if HAS_META:
+            mkt = tl.load(mk_ptr + (h * M + om[:, None]) * D + od[None, :], mask=mm[:, None] & md[None, :], other=0.)
+            sm += tl.sum(mkt.to(tl.float32) * qd[None, :], 1)
+    s = s * scale
+    vr = tl.load(validr_ptr + b * W + ow, mask=mw, other=0).to(tl.int1)
+    vr = tl.where(is_slot, cur_valid, vr) & mw
+    s = tl.where(vr, s, float("-inf"))
+    m = tl.max(s, 0)
+    if HAS_META:
+        sm = tl.where(mm, sm * scale, float("-inf"))
+        m = tl.maximum(m, tl.max(sm, 0))
+    m = tl.where(m == float("-inf"), 0., m)
+    p = tl.exp(s - m)
+    den_sm = tl.sum(p, 0)
+    if HAS_META:
+        pm = tl.exp(sm - m)
+        den_sm += tl.sum(pm, 0)
+
+    # ---- window values (the evicted value row comes out of the same tile)
+    ov = tl.arange(0, BV)
+    mv = ov < V
+    vnew = tl.load(v_ptr + bh * V + ov, mask=mv, other=0.)
+    vt = tl.load(vr_ptr + (bh * W + ow[:, None]) * V + ov[None, :], mask=mw[:, None] & mv[None, :], other=0.)
+    ev = tl.sum(tl.where(is_slot[:, None], vt.to(tl.float32), 0.), 0)
+    vt = tl.where(is_slot[:, None], vnew[None, :], vt).to(tl.float32)
+    num = tl.sum(p[:, None] * vt, 0)
+    if HAS_META:
+        mvt = tl.load(mv_ptr + (h * M + om[:, None]) * V + ov[None, :], mask=mm[:, None] & mv[None, :], other=0.)
+        num += tl.sum(pm[:, None] * mvt.to(tl.float32), 0)
+
+    # ---- linear state S [F, V + 1] in row chunks: decay, add the evicted key, read with fq
+    SV1 = V + 1
+    Sbase = S_ptr + bh * F * SV1
+    lin = tl.zeros([BV], dtype=tl.float32)
+    den_lin = 0.
+    for f0 in range(0, F, CF):
+        of = f0 + tl.arange(0, CF)
+        mf = of < F
+        fqc = tl.load(fq_ptr + bh * F + of, mask=mf, other=0.).to(tl.float32)
+        ek = tl.load(fkr_ptr + (bh * W + slot) * F + of, mask=mf, other=0.).to(tl.float32)
+        ek = tl.where(evict, ek, 0.)
+        if HAS_G:
+            gc = tl.load(g_ptr + bh * F + of, mask=mf, other=0.).to(tl.float32)
+            gt = tl.load(gr_ptr + (bh * W + ow[:, None]) * F + of[None, :], mask=mw[:, None] & mf[None, :], other=0.)
+            gt = tl.where(is_slot[:, None], gc[None, :], gt)
+            ek = ek * tl.exp(tl.sum(gt, 0))  # decay while it sat in the window
+            dec = tl.exp(gc)
+        sden = tl.load(Sbase + of * SV1 + V, mask=mf, other=0.)
+        St = tl.load(Sbase + of[:, None] * SV1 + ov[None, :], mask=mf[:, None] & mv[None, :], other=0.)
+        if HAS_G:
+            sden = sden * dec
+            St = St * dec[:, None]
+        sden = sden + ek
+        St = St + ek[:, None] * ev[None, :]
+        tl.store(Sbase + of * SV1 + V, sden, mask=mf)
+        tl.store(Sbase + of[:, None] * SV1 + ov[None, :], St, mask=mf[:, None] & mv[None, :])
+        den_lin += tl.sum(fqc * sden, 0)
+        lin += tl.sum(fqc[:, None] * St, 0)
+
+    # ---- one normaliser
+    if LINEAR:
+        gamma = tl.sigmoid(tl.load(mix_ptr + h).to(tl.float32))
+        num = gamma * num + (1 - gamma) * lin
+        den = gamma * den_sm + (1 - gamma) * den_lin
+    else:
+        den = den_sm
+    ok = den > 0
+    inv = tl.where(ok, 1. / tl.where(ok, den, 1.), 0.)
+    tl.store(o_ptr + bh * V + ov, (num * inv).to(o_ptr.dtype.element_ty), mask=mv)
+
+    # ---- every read of the old slot is done: write this step into the ring
+    tl.debug_barrier()
+    tl.store(vr_ptr + (bh * W + slot) * V + ov, vnew, mask=mv)
+    odd = tl.arange(0, BD)
+    tl.store(kr_ptr + (bh * W + slot) * D + odd, tl.load(k_ptr + bh * D + odd, mask=odd < D, other=0.), mask=odd < D)
+    off = tl.arange(0, BF)
+    tl.store(fkr_ptr + (bh * W + slot) * F + off, tl.load(fk_ptr + bh * F + off, mask=off < F, other=0.), mask=off < F)
+    if HAS_G:
+        tl.store(gr_ptr + (bh * W + slot) * F + off, tl.load(g_ptr + bh * F + off, mask=off < F, other=0.).to(tl.float32), mask=off < F)
+    if h == 0:
+        tl.store(validr_ptr + b * W + slot, cur_valid.to(validr_ptr.dtype.element_ty))
+
+
 def _pos(state, B, device):
     """The device step counter, created from state["n"] the first time a kernel sees the state."""
     pos = state.get("pos")
@@ -152,8 +277,14 @@ def advance(state, inc_pos: bool = True):
         state["pos"].add_(1)
 
 
+# Two variants of the hybrid step: "tile" holds the ring's key / gate tiles whole and walks V in
+# blocks (faster for Lizard in our H100 runs); "chunked" walks D and F in chunks (fewer registers).
+# Default: "tile" with a gate (Lizard), "chunked" without (Hedgehog); LINEARIZE_DECODE_VARIANT overrides.
+DECODE_VARIANT = os.environ.get("LINEARIZE_DECODE_VARIANT", "")
+
+
 def hybrid_step_triton(state, q, k, v, fq, fk, g, mix, scale, valid=None, meta_k=None, meta_v=None,
-                       linear_enabled=True):
+                       linear_enabled=True, variant=None):
     """Same contract as linearize.attention.hybrid.hybrid_step (state updated in place)."""
     B, H, D = q.shape
     V = v.shape[-1]
@@ -165,17 +296,23 @@ def hybrid_step_triton(state, q, k, v, fq, fk, g, mix, scale, valid=None, meta_k
     o = torch.empty(B, H, V, device=q.device, dtype=q.dtype)
     c = lambda x: x.contiguous()  # noqa: E731
     dummy = state["S"]
-    _hybrid_step_kernel[(B * H,)](
+    args = (
         c(q), c(k), c(v), c(fq), c(fk), c(g) if g is not None else dummy,
         c(valid) if valid is not None else dummy, c(mix),
         c(meta_k) if has_meta else dummy, c(meta_v) if has_meta else dummy,
         state["k"], state["v"], state["fk"], state["valid"], state["S"],
         state["g"] if g is not None else dummy, pos, o,
         float(scale), H, W, M, D, V, F,
-        HAS_G=g is not None, HAS_META=has_meta, HAS_VALID=valid is not None, LINEAR=bool(linear_enabled),
-        BD=_np2(D), BV=64 if V > 32 else _np2(V), BF=_np2(F), BW=_np2(W), BM=_np2(max(M, 1)),
-        num_warps=8 if W * D >= 4096 else 4,
     )
+    flags = dict(HAS_G=g is not None, HAS_META=has_meta, HAS_VALID=valid is not None, LINEAR=bool(linear_enabled),
+                 BD=_np2(D), BF=_np2(F), BW=_np2(W), BM=_np2(max(M, 1)))
+    variant = variant or DECODE_VARIANT or ("tile" if g is not None else "chunked")
+    if variant == "chunked":
+        _hybrid_step_kernel_chunked[(B * H,)](*args, **flags, BV=_np2(V), CD=min(32, _np2(D)), CF=min(32, _np2(F)),
+                                              num_warps=8 if W * V >= 4096 else 4)
+    else:
+        _hybrid_step_kernel_tile[(B * H,)](*args, **flags, BV=64 if V > 32 else _np2(V),
+                                           num_warps=8 if W * D >= 4096 else 4)
     advance(state)
     return o
 

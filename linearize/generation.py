@@ -75,11 +75,16 @@ def _sample(logits, temperature: float, top_k: int | None):
     return (logits - torch.log(-torch.log(u))).argmax(-1)  # Gumbel-max: no host sync, graph-safe
 
 
+_COMPILED = None
+
+
 class _Decoder:
     """The decode step over static buffers: ids [B, 1], positions [B, 1], output tokens [B, N]."""
 
-    def __init__(self, model, cache, first_ids, first_pos, max_new_tokens, temperature, top_k):
+    def __init__(self, model, cache, first_ids, first_pos, max_new_tokens, temperature, top_k, compile=False):
         self.model, self.cache = model, cache
+        if compile:
+            self.enable_compile()
         self.temperature, self.top_k = temperature, top_k
         B = first_ids.shape[0]
         dev = first_ids.device
@@ -95,12 +100,49 @@ class _Decoder:
         x = inner.embed_tokens(self.ids)
         pe = inner.rotary_emb(x, position_ids=self.pos)
         for layer in inner.layers:
+            if self.compiled is not None and _is_linear(layer):
+                x = self._compiled_layer(layer, x, pe)
+                continue
             x = layer(x, attention_mask=None, position_ids=self.pos, past_key_values=self.cache,
                       use_cache=True, position_embeddings=pe)
             if isinstance(x, tuple):
                 x = x[0]
         x = inner.norm(x)
         return self.model.lm_head(x[:, -1])
+
+    # -- compiled path: the PyTorch parts around the step kernel fused by torch.compile, compiled
+    # once and reused by every layer (the layer is an argument, its parameters graph inputs)
+    compiled = None
+
+    def enable_compile(self):
+        import torch._dynamo
+
+        global _COMPILED
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+        if _COMPILED is None:  # one pair for the process: its cache holds one graph per method and shape
+            _COMPILED = (torch.compile(_pre_attention, dynamic=False), torch.compile(_post_attention, dynamic=False))
+        self.compiled = _COMPILED
+
+    def _compiled_layer(self, layer, x, pe):
+        from .attention import dispatch
+
+        pre, post = self.compiled
+        attn = layer.self_attn
+        cl = self.cache.layers[attn.layer_idx]
+        a = pre(layer, x, pe[0], pe[1])
+        at = {n: (v[:, :, 0] if torch.is_tensor(v) and n not in ("mix", "meta_k", "meta_v") else v) for n, v in a.items()}
+        if attn.method == "gsa":
+            from .attention.gated_slots import gsa_step
+
+            step = dispatch.lookup("gsa", "step", gsa_step, **at)
+            o = step(cl.state, at["q"], at["k"], at["v"], at["g"], attn.scaling)
+        else:
+            from .attention.hybrid import hybrid_step
+
+            step = dispatch.lookup("hybrid", "step", hybrid_step, **at)
+            o = step(cl.state, **at)
+        cl.seen += 1
+        return post(layer, x, o)
 
     def step(self):
         nxt = _sample(self._forward(), self.temperature, self.top_k)
@@ -134,6 +176,30 @@ class _Decoder:
                 layer.state["n"] += 1
 
 
+def _is_linear(layer) -> bool:
+    from .attention.base import LinearizedAttention
+
+    return isinstance(layer.self_attn, LinearizedAttention)
+
+
+def _pre_attention(layer, x, cos, sin):
+    """Norm, projections, RoPE and the method's step inputs (the module's own code), T = 1."""
+    attn = layer.self_attn
+    h = layer.input_layernorm(x)
+    q, k, v = attn.project(h, (cos, sin))
+    if attn.method == "gsa":
+        g = attn.forget_gate(h)
+        return dict(q=q, k=attn.expand(k), v=attn.expand(v), g=g)
+    return attn._inputs(q, k, v, h, None)
+
+
+def _post_attention(layer, x, o):
+    """o [B, H, D] -> o_proj, residual, norm, MLP, residual."""
+    attn = layer.self_attn
+    x = x + attn._out(o.unsqueeze(2).to(x.dtype))
+    return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
 def _all_linear(cache) -> bool:
     return all(isinstance(l, RecurrentLayer) for l in cache.layers)
 
@@ -164,7 +230,7 @@ def _prepare_states(cache):
 @torch.no_grad()
 def stream_generate(model, input_ids, max_new_tokens: int, attention_mask=None, temperature: float = 0.0,
                     top_k: int | None = None, cuda_graph: bool | None = None, chunk: int = 16,
-                    eos_token_id: int | None = None) -> Iterator[tuple[torch.Tensor, GenerationStats]]:
+                    eos_token_id: int | None = None, compile: bool = False) -> Iterator[tuple[torch.Tensor, GenerationStats]]:
     """Yield (new tokens [B, k] on the CPU, running stats) every ``chunk`` tokens. Stops after
     ``max_new_tokens`` or once every row has produced ``eos_token_id``."""
     B, T = input_ids.shape
@@ -185,7 +251,8 @@ def stream_generate(model, input_ids, max_new_tokens: int, attention_mask=None, 
         cuda_graph = dev.type == "cuda" and os.environ.get("LINEARIZE_CUDA_GRAPH", "1") != "0"
     cuda_graph = cuda_graph and _all_linear(cache)
     _prepare_states(cache)
-    dec = _Decoder(model, cache, first, last_pos + 1, max_new_tokens, temperature, top_k)
+    dec = _Decoder(model, cache, first, last_pos + 1, max_new_tokens, temperature, top_k,
+                   compile=compile and dev.type == "cuda")
     stats.graph = bool(cuda_graph)
     done = 1
     yielded = 0
@@ -214,16 +281,19 @@ def stream_generate(model, input_ids, max_new_tokens: int, attention_mask=None, 
 
 @torch.no_grad()
 def fast_generate(model, input_ids, max_new_tokens: int, attention_mask=None, temperature: float = 0.0,
-                  top_k: int | None = None, cuda_graph: bool | None = None, return_stats: bool = False):
+                  top_k: int | None = None, cuda_graph: bool | None = None, return_stats: bool = False,
+                  compile: bool = False):
     """Greedy (or temperature / top-k) generation: returns [B, T + max_new_tokens] token ids
-    (and GenerationStats with ``return_stats``). Syncs with the host only at the end."""
+    (and GenerationStats with ``return_stats``). Syncs with the host only at the end.
+    ``compile=True`` (CUDA) fuses the PyTorch ops around each layer's step kernel with torch.compile
+    (compiled once, reused by every layer; costs a compile on first use)."""
     stats = GenerationStats(batch=input_ids.shape[0], prompt_len=input_ids.shape[1])
     is_cuda = input_ids.device.type == "cuda"
     if is_cuda:
         torch.cuda.reset_peak_memory_stats()
     parts = []
     for new, stats in stream_generate(model, input_ids, max_new_tokens, attention_mask, temperature, top_k,
-                                      cuda_graph, chunk=max(1, max_new_tokens)):
+                                      cuda_graph, chunk=max(1, max_new_tokens), compile=compile):
         parts.append(new)
     if is_cuda:
         stats.peak_memory_bytes = torch.cuda.max_memory_allocated()
