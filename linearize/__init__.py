@@ -16,6 +16,7 @@ try:  # the parts below land as they are written; keep the package importable me
     from .surgery import convert, new_parameters
 
     register_auto_classes()
+    from . import kernels  # registers the Triton kernels for CUDA tensors; a no-op without Triton
 except ImportError as _e:  # pragma: no cover
     if "linearize" not in str(_e):
         raise

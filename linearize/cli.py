@@ -4,7 +4,7 @@
     generate  stream text from a (converted) checkpoint
     distill | finetune | run   the training stages          (train_cli.py)
     eval      teacher vs. student report                    (linearize.eval.cli)
-    bench     decode | chunk | generate | train benchmarks  (linearize.kernels.bench, bench_train.py)
+    bench     train | decode | chunk | generate benchmarks  (bench_train.py, linearize.kernels.bench)
 """
 from __future__ import annotations
 
@@ -87,6 +87,8 @@ def add_generate_parser(sub):
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16", "float16"])
+    p.add_argument("--no-fast", action="store_true",
+                   help="use HF generate even on CUDA (default there: Triton kernels + CUDA graph)")
     p.set_defaults(func=cmd_generate)
 
 
@@ -111,6 +113,8 @@ def cmd_generate(args) -> int:
     if args.chat and tok.chat_template:
         text = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
     enc = tok(text, return_tensors="pt").to(args.device)
+    if args.device.startswith("cuda") and not args.no_fast and getattr(model.config, "linearize", None):
+        return _fast_generate(model, tok, enc, args)
     streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -123,11 +127,38 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _fast_generate(model, tok, enc, args) -> int:
+    """Stream with the Triton decode kernels and a CUDA-graph step (linearize.generation)."""
+    from .generation import stream_generate
+
+    stats = None
+    for new, stats in stream_generate(model, enc["input_ids"], args.max_new_tokens, enc.get("attention_mask"),
+                                      temperature=args.temperature if args.do_sample else 0.0,
+                                      eos_token_id=tok.eos_token_id):
+        print(tok.decode(new[0], skip_special_tokens=True), end="", flush=True)
+    if stats is not None:
+        print(f"\n[{stats.new_tokens} tokens: {stats.tokens_per_s:.1f} tokens/s, prefill {stats.prefill_s:.2f} s, "
+              f"CUDA graph {'on' if stats.graph else 'off'}]", file=sys.stderr)
+    return 0
+
+
+def add_bench_parser(sub):
+    p = sub.add_parser("bench", help="benchmarks: train (stage throughput), decode | chunk | generate (kernels)")
+    bsub = p.add_subparsers(dest="bench_what", metavar="WHAT")
+    bsub.required = True
+    t = bsub.add_parser("train", add_help=False, help="stage-1/stage-2 tokens/s beside the teacher's fwd+bwd "
+                                                      "(options: python -m linearize.bench_train --help)")
+    try:
+        from .kernels.bench import add_bench_subcommands
+    except ImportError:  # no Triton on this platform: kernel benchmarks unavailable
+        return
+    add_bench_subcommands(bsub)
+
+
 # sub-commands that live beside their subsystem: (module, function that adds parsers)
 EXTERNAL_PARSERS = [
     ("linearize.train_cli", "add_train_parsers"),
     ("linearize.eval.cli", "add_eval_parser"),
-    ("linearize.kernels.bench", "add_bench_parser"),
 ]
 
 
@@ -138,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     add_convert_parser(sub)
     add_generate_parser(sub)
+    add_bench_parser(sub)
     for module, fn in EXTERNAL_PARSERS:
         try:
             mod = importlib.import_module(module)
@@ -150,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["bench", "train"]:  # its own argparse takes every option that follows
+        importlib.import_module("linearize.bench_train").main(argv[2:])
+        return 0
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
