@@ -3,8 +3,15 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
+# Triton decides at decoration time whether a kernel is compiled or interpreted, and
+# `import linearize` decorates every kernel: without a GPU, interpret them, before anything
+# imports triton (the kernel tests compare them with the PyTorch reference on the CPU).
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.environ.get("LINEARIZE_DATA", os.path.join(REPO, "..", "shared", "data"))
