@@ -76,13 +76,25 @@ def lagged_keys(fk, v, g, window):
     vv = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
     k_shift = _shift(fk, window)
     if g is not None:
-        # G_t - G_{t-w}, summed in float64: a float32 cumsum over long T loses the differences
-        G = torch.nn.functional.pad(g.double().cumsum(2), (0, 0, 1, 0))
-        Tp = G.shape[2]
-        idx = torch.arange(1, Tp, device=g.device)
-        in_window = G[:, :, idx] - G[:, :, (idx - window).clamp(min=0)]
-        k_shift = k_shift * in_window.exp().to(fk.dtype)
+        k_shift = k_shift * window_sums(g, window).exp().to(fk.dtype)
     return k_shift, _shift(vv, window)
+
+
+def window_sums(g, window):
+    """sum_{u = t-w+1..t} g_u for every t: [B, H, T, C] -> same shape, in float32 at least.
+
+    A global cumsum would subtract two numbers that grow with T (precision lost over long
+    sequences); here every term is a prefix sum inside a block of w steps, so its size is bounded
+    by w * max|g| whatever T is. With blocks of w, the window ending at t (offset o in block b)
+    is prefix(b, o) + [prefix(b-1, w-1) - prefix(b-1, o)].
+    """
+    B, H, T, C = g.shape
+    w = window
+    nb = -(-T // w)
+    gf = g.float() if g.dtype in (torch.bfloat16, torch.float16) else g
+    P = torch.nn.functional.pad(gf, (0, 0, 0, nb * w - T)).reshape(B, H, nb, w, C).cumsum(3)
+    prev = torch.nn.functional.pad(P, (0, 0, 0, 0, 1, 0))[:, :, :nb]  # block b-1's prefix sums (0 for b = 0)
+    return (P + prev[:, :, :, w - 1:] - prev).reshape(B, H, nb * w, C)[:, :, :T]
 
 
 def hybrid_chunked(q, k, v, fq, fk, g, mix, window, scale, valid=None, meta_k=None, meta_v=None,
