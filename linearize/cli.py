@@ -146,7 +146,7 @@ def add_bench_parser(sub):
     p = sub.add_parser("bench", help="benchmarks: train (stage throughput), decode | chunk | generate (kernels)")
     bsub = p.add_subparsers(dest="bench_what", metavar="WHAT")
     bsub.required = True
-    t = bsub.add_parser("train", add_help=False, help="stage-1/stage-2 tokens/s beside the teacher's fwd+bwd "
+    bsub.add_parser("train", add_help=False, help="stage-1/stage-2 tokens/s beside the teacher's fwd+bwd "
                                                       "(options: python -m linearize.bench_train --help)")
     try:
         from .kernels.bench import add_bench_subcommands

@@ -20,7 +20,6 @@ For GPU runs, ``tokenize_to_file`` writes the training tokens once into a flat `
 from __future__ import annotations
 
 import argparse
-import glob
 import gzip
 import hashlib
 import json

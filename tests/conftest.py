@@ -17,6 +17,38 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.environ.get("LINEARIZE_DATA", os.path.join(REPO, "..", "shared", "data"))
 
 
+CORPUS = os.path.join(DATA_DIR, "corpus")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls: one thread is ~10x faster than two fighting over a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def text_path(tmp_path_factory):
+    """The shared corpus when present, else a small synthetic shard directory (same code path)."""
+    import gzip
+    import json
+
+    import numpy as np
+
+    if os.path.isdir(CORPUS):
+        return CORPUS
+    d = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    words = "the of and to in is was he that it for on as with his they at be this from".split()
+    for src in ("books", "news"):
+        with gzip.open(d / f"{src}-000.jsonl.gz", "wt") as f:
+            for _ in range(300):
+                f.write(json.dumps({"text": " ".join(rng.choice(words, 80)), "source": src}) + "\n")
+    return str(d)
+
+
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
 

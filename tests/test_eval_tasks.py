@@ -2,7 +2,6 @@
 
 Fast (no model): a small copy of the first items of each local file is written to tmp_path.
 """
-import os
 from pathlib import Path
 
 import pytest

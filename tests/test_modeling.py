@@ -3,14 +3,12 @@ trip bit-exactly, and a checkpoint whose weights don't match its config is refus
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 from conftest import perturb_new_parameters
 from transformers import AutoConfig, AutoModelForCausalLM
 
-import linearize
 from linearize import LinearizeConfig, convert
 
 SMALL = dict(window=4, feature_dim=8, chunk_size=8, num_slots=8, gate_rank=4, num_meta_tokens=2)

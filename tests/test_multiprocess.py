@@ -10,10 +10,8 @@ of recipes/accelerate/, on a machine with 2+ GPUs.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -27,7 +25,6 @@ from linearize.recipes import RecipeError, load_recipe, split_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "recipes", "tiny-smoke.yaml")
-CORPUS = os.path.join(ROOT, "..", "shared", "data", "corpus")
 ACCEL = os.path.join(ROOT, "recipes", "accelerate")
 
 # 6 distill + 4 finetune steps of tiny-smoke (global batch 4 = 2 processes x 2): a few seconds each
@@ -39,27 +36,7 @@ TOL = dict(rel=1e-5, abs=1e-7)
 COMPARED = ("loss", "val_loss", "grad_norm", "lr", "tokens", "layer_0", "layer_1", "lm_loss")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def text_path(tmp_path_factory):
-    """The shared corpus when present, else a small synthetic shard directory."""
-    if os.path.isdir(CORPUS):
-        return CORPUS
-    d = tmp_path_factory.mktemp("corpus")
-    rng = np.random.default_rng(0)
-    words = "the of and to in is was he that it for on as with his they at be this from".split()
-    for src in ("books", "news"):
-        with gzip.open(d / f"{src}-000.jsonl.gz", "wt") as f:
-            for _ in range(300):
-                f.write(json.dumps({"text": " ".join(rng.choice(words, 80)), "source": src}) + "\n")
-    return str(d)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/conftest.py
 
 
 def _free_port() -> int:

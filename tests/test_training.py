@@ -15,32 +15,9 @@ from linearize.training import (
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "recipes", "tiny-smoke.yaml")
-CORPUS = os.path.join(ROOT, "..", "shared", "data", "corpus")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls: one thread is ~10x faster than two fighting over a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def text_path(tmp_path_factory):
-    """The shared corpus when present, else a small synthetic one (same code path: shard dir)."""
-    if os.path.isdir(CORPUS):
-        return CORPUS
-    import gzip
-    d = tmp_path_factory.mktemp("corpus")
-    rng = np.random.default_rng(0)
-    words = "the of and to in is was he that it for on as with his they at be this from".split()
-    for src in ("books", "news"):
-        with gzip.open(d / f"{src}-000.jsonl.gz", "wt") as f:
-            for _ in range(300):
-                f.write(json.dumps({"text": " ".join(rng.choice(words, 80)), "source": src}) + "\n")
-    return str(d)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/conftest.py
 
 
 def smoke_cfg(tmp_path, text_path, *extra):

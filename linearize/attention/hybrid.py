@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .gla import gla_chunked, gla_step
+from .gla import gla_chunked
 from .window import window_chunked, window_parallel, window_step
 
 
