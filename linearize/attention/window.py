@@ -22,6 +22,22 @@ def _meta_scores(q, meta_k, scale):
     return scale * torch.einsum("bhtd,hmd->bhtm", q, meta_k.to(q.dtype))
 
 
+def _max_shifted_sums(s, values, ms, meta_v):
+    """The three forms' shared ending. s: [B, H, ..., Q, J] scores, -inf where masked;
+    values: [B, H, ..., J, V]; ms: [B, H, ..., Q, M] meta scores or None; meta_v: [H, M, V].
+    Returns (num [B, H, ..., Q, V], den [B, H, ..., Q], p = exp(s - m))."""
+    m = s.amax(-1) if ms is None else torch.maximum(s.amax(-1), ms.amax(-1))
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    p = (s - m.unsqueeze(-1)).exp()
+    num, den = p @ values, p.sum(-1)
+    if ms is not None:
+        pm = (ms - m.unsqueeze(-1)).exp()
+        mv = meta_v.to(values.dtype).reshape(1, meta_v.shape[0], *([1] * (s.dim() - 4)), *meta_v.shape[1:])
+        num = num + pm @ mv
+        den = den + pm.sum(-1)
+    return num, den, p
+
+
 def window_parallel(q, k, v, scale, window, valid=None, meta_k=None, meta_v=None, return_probs=False):
     """Reference: full [T, T] scores with a band mask. ``return_probs`` adds exp(s - m) [B, H, T, T]."""
     T = q.shape[2]
@@ -31,15 +47,7 @@ def window_parallel(q, k, v, scale, window, valid=None, meta_k=None, meta_v=None
     if valid is not None:
         mask = mask & valid[:, None, None, :]
     s = (scale * q @ k.transpose(-1, -2)).masked_fill(~mask, float("-inf"))
-    ms = _meta_scores(q, meta_k, scale)
-    m = s.amax(-1) if ms is None else torch.maximum(s.amax(-1), ms.amax(-1))
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    p = (s - m.unsqueeze(-1)).exp()
-    num, den = p @ v, p.sum(-1)
-    if ms is not None:
-        pm = (ms - m.unsqueeze(-1)).exp()
-        num = num + torch.einsum("bhtm,hmv->bhtv", pm, meta_v.to(v.dtype))
-        den = den + pm.sum(-1)
+    num, den, p = _max_shifted_sums(s, v, _meta_scores(q, meta_k, scale), meta_v)
     return (num, den, p) if return_probs else (num, den)
 
 
@@ -74,15 +82,7 @@ def window_chunked(q, k, v, scale, window, valid=None, meta_k=None, meta_v=None,
     ms = _meta_scores(qp.reshape(B, H, N * C, D), meta_k, scale)
     if ms is not None:
         ms = ms.reshape(B, H, N, C, -1)
-    m = s.amax(-1) if ms is None else torch.maximum(s.amax(-1), ms.amax(-1))
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    p = (s - m.unsqueeze(-1)).exp()
-    num = p @ vb
-    den = p.sum(-1)
-    if ms is not None:
-        pm = (ms - m.unsqueeze(-1)).exp()
-        num = num + torch.einsum("bhncm,hmv->bhncv", pm, meta_v.to(v.dtype))
-        den = den + pm.sum(-1)
+    num, den, _ = _max_shifted_sums(s, vb, ms, meta_v)
     return num.reshape(B, H, N * C, V)[:, :, :T], den.reshape(B, H, N * C)[:, :, :T]
 
 
@@ -90,16 +90,7 @@ def window_step(q, k_win, v_win, valid_win, scale, meta_k=None, meta_v=None):
     """One query against the ring buffer. q: [B, H, D]; k_win: [B, H, w, D]; v_win: [B, H, w, V];
     valid_win: [B, w] bool (slots that hold a real, non-padding token). Returns num [B, H, V], den [B, H].
     """
-    s = scale * torch.einsum("bhd,bhwd->bhw", q, k_win)
-    s = s.masked_fill(~valid_win[:, None, :], float("-inf"))
-    ms = None if meta_k is None or meta_k.shape[-2] == 0 else scale * torch.einsum("bhd,hmd->bhm", q, meta_k.to(q.dtype))
-    m = s.amax(-1) if ms is None else torch.maximum(s.amax(-1), ms.amax(-1))
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    p = (s - m.unsqueeze(-1)).exp()
-    num = torch.einsum("bhw,bhwv->bhv", p, v_win)
-    den = p.sum(-1)
-    if ms is not None:
-        pm = (ms - m.unsqueeze(-1)).exp()
-        num = num + torch.einsum("bhm,hmv->bhv", pm, meta_v.to(v_win.dtype))
-        den = den + pm.sum(-1)
-    return num, den
+    q = q.unsqueeze(2)  # one query: [B, H, 1, D]
+    s = (scale * q @ k_win.transpose(-1, -2)).masked_fill(~valid_win[:, None, None, :], float("-inf"))
+    num, den, _ = _max_shifted_sums(s, v_win, _meta_scores(q, meta_k, scale), meta_v)
+    return num.squeeze(2), den.squeeze(2)
