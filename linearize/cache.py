@@ -80,9 +80,9 @@ class LinearizedCache(Cache):
 
     @classmethod
     def for_model(cls, model) -> "LinearizedCache":
-        from .attention.base import LinearizedAttention
+        from .surgery import linear_layer_flags
 
-        return cls([isinstance(layer.self_attn, LinearizedAttention) for layer in model.model.layers])
+        return cls(linear_layer_flags(model))
 
     def nbytes(self) -> int:
         """Bytes held by every layer's state (softmax layers: their keys and values)."""

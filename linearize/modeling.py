@@ -21,6 +21,7 @@ from transformers import (
 
 from .cache import LinearizedCache
 from .config import LinearizeConfig
+from .surgery import linear_layer_flags
 
 
 def _make_family(family: str, config_cls, model_cls):
@@ -57,18 +58,16 @@ def _make_family(family: str, config_cls, model_cls):
                 past_key_values = LinearizedCache.for_model(self)  # replaces generate's empty DynamicCache
             elif past_key_values is not None and not isinstance(past_key_values, LinearizedCache):
                 raise TypeError(f"a linearized model continues only a LinearizedCache, got {type(past_key_values).__name__}")
-            padding = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
-            if not self._has_softmax_layers():
+            padding = None
+            if attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask.all()):
+                padding = attention_mask.bool()  # decided once here, not once per layer (a device sync each)
+            if all(linear_layer_flags(self)):
                 attention_mask = None  # nothing would read the 4-D mask: skip building it
             return super().forward(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
                 use_cache=use_cache, logits_to_keep=logits_to_keep, linearize_padding_mask=padding, **kwargs,
             )
-
-        def _has_softmax_layers(self) -> bool:
-            lcfg = self.linearize_config
-            return any(lcfg.method_for_layer(i) == "softmax" for i in range(self.config.num_hidden_layers))
 
         @classmethod
         def from_pretrained(cls, *args, **kwargs):

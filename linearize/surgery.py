@@ -113,6 +113,11 @@ def count_new_parameters(model) -> int:
     return sum(p.numel() for _, p in new_parameters(model))
 
 
+def linear_layer_flags(model) -> list[bool]:
+    """Per decoder layer: True where the attention is linearized (False: kept as softmax)."""
+    return [isinstance(layer.self_attn, LinearizedAttention) for layer in decoder_layers(model)]
+
+
 def linearized_modules(model) -> list[LinearizedAttention]:
     return [m for m in model.modules() if isinstance(m, LinearizedAttention)]
 

@@ -47,12 +47,13 @@ def repeat_kv(x, n_rep: int):
 
 def padding_from_mask(attention_mask, T):
     """[B, T] bool of real (non-padding) tokens among the last T, from a 2-D padding mask or HF's
-    4-D causal mask (its last query row sees every real key). None when nothing is padded."""
+    4-D causal mask (its last query row sees every real key). None when nothing is padded.
+    A 2-D mask is taken as given: the model's forward already dropped an all-ones one."""
     if attention_mask is None:
         return None
     if attention_mask.dim() == 2:
-        valid = attention_mask[:, -T:].bool()
-    elif attention_mask.dim() == 4:
+        return attention_mask[:, -T:].bool()
+    if attention_mask.dim() == 4:
         row = attention_mask[:, 0, -1, -T:]
         valid = row if row.dtype == torch.bool else row == 0
     else:
