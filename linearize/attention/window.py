@@ -4,7 +4,7 @@ For query i, the window is W(i) = {j : i - w < j <= i, valid_j}; meta tokens (le
 values, no position) are visible to every query. Scores s = scale * q . k. The result is left
 unnormalised so the caller can add the linear half under one shared normaliser:
 
-    m_i   = max(s_ij over W(i) and meta)            (0 where nothing is visible)
+    m_i   = max(s_ij over W(i) and meta)            (0 where nothing is visible; a stop-gradient)
     num_i = sum exp(s_ij - m_i) v_j                 [B, H, T, V]
     den_i = sum exp(s_ij - m_i)                     [B, H, T]
 
@@ -27,7 +27,9 @@ def _max_shifted_sums(s, values, ms, meta_v):
     values: [B, H, ..., J, V]; ms: [B, H, ..., Q, M] meta scores or None; meta_v: [H, M, V].
     Returns (num [B, H, ..., Q, V], den [B, H, ..., Q], p = exp(s - m))."""
     m = s.amax(-1) if ms is None else torch.maximum(s.amax(-1), ms.amax(-1))
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    # the shift is a constant of the model, not a function of the scores: no gradient flows
+    # through the max, so a flash-style kernel needs no argmax in its backward
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()
     p = (s - m.unsqueeze(-1)).exp()
     num, den = p @ values, p.sum(-1)
     if ms is not None:
