@@ -47,8 +47,11 @@ def time_step(step, device: torch.device, warmup: int, iters: int) -> float:
 
 def bench(model_name: str = "smollm2-135m", batch: int = 16, seq: int = 1024, method: str = "lizard",
           precision: str = "bf16", warmup: int = 2, iters: int = 5, device: str | None = None,
-          gguf_file: str | None = None, linearize_options: dict | None = None) -> dict:
-    """-> {"teacher": {tokens_per_s, step_s}, "distill": {..., ratio}, "finetune": {..., ratio}, ...}."""
+          gguf_file: str | None = None, linearize_options: dict | None = None, model=None, wrap=None) -> dict:
+    """-> {"teacher": {tokens_per_s, step_s}, "distill": {..., ratio}, "finetune": {..., ratio}, ...}.
+
+    ``model``: an already built fp32 model to use instead of loading ``model_name``; ``wrap(name, step)``
+    may wrap each timed step (a profiler, say) and return the callable to time."""
     from . import convert
     from .attention_transfer import freeze_all_but_new, linear_attentions, make_transfer_loss
     from .finetune import add_lora
@@ -56,7 +59,9 @@ def bench(model_name: str = "smollm2-135m", batch: int = 16, seq: int = 1024, me
     from .training import build_model
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, _ = build_model(ModelConfig(name_or_path=model_name, gguf_file=gguf_file, dtype="float32"))
+    if model is None:
+        model, _ = build_model(ModelConfig(name_or_path=model_name, gguf_file=gguf_file, dtype="float32"))
+    wrap = wrap or (lambda name, step: step)
     model.to(dev)
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(0)
@@ -81,7 +86,7 @@ def bench(model_name: str = "smollm2-135m", batch: int = 16, seq: int = 1024, me
     model.train()
     for p in model.parameters():
         p.requires_grad_(True)
-    t = time_step(run(lambda: model(**b, use_cache=False).loss), dev, warmup, iters)
+    t = time_step(wrap("teacher", run(lambda: model(**b, use_cache=False).loss)), dev, warmup, iters)
     out["teacher"] = {"step_s": t, "tokens_per_s": tokens / t}
 
     convert(model, LinearizeConfig(method=method, **(linearize_options or {})))
@@ -89,13 +94,13 @@ def bench(model_name: str = "smollm2-135m", batch: int = 16, seq: int = 1024, me
     freeze_all_but_new(model)
     set_mode(model, "transfer")
     loss_fn = make_transfer_loss(linear_attentions(model))
-    t = time_step(run(lambda: loss_fn(model, b)[0]), dev, warmup, iters)
+    t = time_step(wrap("distill", run(lambda: loss_fn(model, b)[0])), dev, warmup, iters)
     out["distill"] = {"step_s": t, "tokens_per_s": tokens / t}
 
     set_mode(model, "student")
     peft_model = add_lora(model, FinetuneConfig())
     peft_model.to(dev)
-    t = time_step(run(lambda: peft_model(**b, use_cache=False).loss), dev, warmup, iters)
+    t = time_step(wrap("finetune", run(lambda: peft_model(**b, use_cache=False).loss)), dev, warmup, iters)
     out["finetune"] = {"step_s": t, "tokens_per_s": tokens / t}
     for k in ("distill", "finetune"):
         out[k]["ratio_to_teacher"] = out[k]["tokens_per_s"] / out["teacher"]["tokens_per_s"]

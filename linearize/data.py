@@ -441,13 +441,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-tokens", type=float, default=20e6)
     ap.add_argument("--weights", default="", help="source=weight,... for a shard directory")
     ap.add_argument("--val-fraction", type=float, default=DataConfig.val_fraction)
+    ap.add_argument("--val-tokens", type=float, default=DataConfig.val_tokens, help="held-out tokens kept at most")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     from .loading import load_tokenizer, resolve_checkpoint
 
     tok = load_tokenizer(resolve_checkpoint(a.model, a.gguf_file))
     weights = {k: float(v) for k, v in (kv.split("=") for kv in a.weights.split(",") if kv)}
-    cfg = DataConfig(path=a.data, source_weights=weights, val_fraction=a.val_fraction, seed=a.seed)
+    cfg = DataConfig(path=a.data, source_weights=weights, val_fraction=a.val_fraction,
+                     val_tokens=int(a.val_tokens), seed=a.seed)
     meta = tokenize_to_file(cfg, tok, a.out, int(a.max_tokens))
     print(json.dumps(meta, indent=1))
 

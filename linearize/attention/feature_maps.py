@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .fusion import fused
+
 
 class HedgehogFeatureMap(nn.Module):
     def __init__(self, num_heads: int, head_dim: int, feature_dim: int):
@@ -30,7 +32,13 @@ class HedgehogFeatureMap(nn.Module):
         return 2 * self.weight.shape[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = torch.einsum("bhtd,hdf->bhtf", x, self.weight.to(x.dtype)) + self.bias.to(x.dtype)[:, None]
-        # softmax in fp32 at least: bf16 exp over a feature dim of 64 loses the small entries
-        zf = z.float() if z.dtype in (torch.bfloat16, torch.float16) else z
-        return torch.cat([torch.softmax(zf, -1), torch.softmax(-zf, -1)], -1).to(x.dtype)
+        return hedgehog_features(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+
+
+@fused
+def hedgehog_features(x, weight, bias):
+    """x: [B, H, T, D]; weight: [H, D, F]; bias: [H, F] -> [B, H, T, 2F]."""
+    z = torch.einsum("bhtd,hdf->bhtf", x, weight) + bias[:, None]
+    # softmax in fp32 at least: bf16 exp over a feature dim of 64 loses the small entries
+    zf = z.float() if z.dtype in (torch.bfloat16, torch.float16) else z
+    return torch.cat([torch.softmax(zf, -1), torch.softmax(-zf, -1)], -1).to(x.dtype)

@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from .fusion import fused
+
 
 class LowRankGate(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int, channels: int, rank: int,
@@ -32,7 +34,12 @@ class LowRankGate(nn.Module):
         nn.init.constant_(self.up.bias, math.log(frac / (1 - frac)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        z = self.up(self.down(x)).float()
-        g = -self.gate_max * torch.sigmoid(z)
-        return g.view(B, T, self.num_heads, self.channels).transpose(1, 2)
+        return squash(self.up(self.down(x)), self.gate_max, self.num_heads)
+
+
+@fused
+def squash(z, gate_max: float, num_heads: int):
+    """z: [B, T, H * C] gate logits -> g = -gate_max * sigmoid(z) as [B, H, T, C] float32."""
+    B, T, _ = z.shape
+    g = -gate_max * torch.sigmoid(z.float())
+    return g.view(B, T, num_heads, -1).transpose(1, 2)

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import torch
 
+from .fusion import fused
 from .gla import gla_chunked
 from .window import window_chunked, window_parallel, window_step
 
 
+@fused
 def combine(num_sm, den_sm, num_lin, den_lin, mix, linear_enabled=True):
     """Shared normaliser. num: [B, H, T, V] (or [B, H, V]); den: num without the last dim."""
     if not linear_enabled:
@@ -69,6 +71,7 @@ def _shift(x, w):
     return torch.nn.functional.pad(x, (0, 0, w, 0))[:, :, :T]
 
 
+@fused
 def lagged_keys(fk, v, g, window):
     """The linear half's GLA inputs: keys shifted by w carrying their in-window decay, and
     values with a ones column for the normaliser. Returns (k' [B,H,T,F], v' [B,H,T,V+1])."""
