@@ -6,18 +6,22 @@ Importing this package registers the lm-eval model ``linearized`` (see :mod:`.ha
     run_report("smollm2-135m", "out/student", tasks=["piqa", "arc_easy"], limit=200, out_dir="runs/eval")
 
 Modules: ``datadir`` (where data lives), ``loaders`` (local files -> hub schema), ``suite`` (short
-names, TaskManager), ``official`` (lm-eval's own tasks on local files), ``harness`` (lm-eval model),
-``probes`` (MQAR / passkey), ``perplexity``, ``compat`` (tokenizer check), ``report``, ``cli``.
+names and ``@k`` few-shot specs, TaskManager), ``official`` (lm-eval's own tasks on local files),
+``harness`` (lm-eval model), ``probes`` (MQAR / passkey), ``perplexity``, ``block_perplexity``
+(token perplexity at a fixed context), ``window_share`` (scored tokens beyond a sliding window),
+``compat`` (tokenizer check), ``report``, ``cli``.
 """
+from .block_perplexity import block_perplexity
 from .compat import TokenizerMismatch, check_same_tokenizer
 from .datadir import DataFileMissing, resolve_data_dir
 from .harness import LinearizedLM
 from .probes import ProbeConfig, run_probes
 from .report import run_report
-from .suite import SUITE, TASKS_DIR, TaskSpec, UnknownTask, resolve_tasks, task_manager
+from .suite import SUITE, TASKS_DIR, BadTaskSpec, TaskSpec, UnknownTask, resolve_tasks, task_manager
+from .window_share import beyond_window_share
 
 __all__ = [
     "LinearizedLM", "ProbeConfig", "run_probes", "run_report", "SUITE", "TASKS_DIR", "TaskSpec",
     "task_manager", "resolve_tasks", "resolve_data_dir", "check_same_tokenizer",
-    "DataFileMissing", "UnknownTask", "TokenizerMismatch",
+    "DataFileMissing", "UnknownTask", "BadTaskSpec", "TokenizerMismatch", "block_perplexity", "beyond_window_share",
 ]
