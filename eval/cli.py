@@ -54,6 +54,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                         ".txt, or .jsonl/.jsonl.gz ({\"text\": ...} a line)")
     p.add_argument("--ppl-batch-size", type=int, default=1, help="blocks per forward for fixed-context perplexity")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="keep per-checkpoint scores here and compute only what is missing (score a teacher once, "
+                        "split a long evaluation over several runs)")
     p.set_defaults(func=run_eval_command)
     return p
 
@@ -70,7 +73,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         out_dir=args.out or default_out_dir(), batch_size=batch, device=args.device, probes=probes,
         data_dir=args.data_dir, dtype=args.dtype, text_file=args.text_file, seed=args.seed,
         window=args.window, ppl_contexts=args.ppl_contexts, ppl_max_tokens=args.ppl_max_tokens or None,
-        ppl_file=args.ppl_file, ppl_batch_size=args.ppl_batch_size,
+        ppl_file=args.ppl_file, ppl_batch_size=args.ppl_batch_size, cache_dir=args.cache_dir,
     )
     with open(report["files"]["md"], encoding="utf-8") as f:
         print(f.read())

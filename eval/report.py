@@ -74,7 +74,8 @@ def evaluate_model(pretrained: str, specs: list[TaskSpec], *, limit: int | None 
                    device: str | None = None, dtype: str = "auto", data_dir=None,
                    probes: ProbeConfig | None = None, text_file: str | None = None, seed: int = 1234,
                    window: int | None = None, ppl_tokens: dict[str, list[int]] | None = None,
-                   ppl_contexts: list[int] | tuple[int, ...] = (), ppl_batch_size: int = 1) -> dict:
+                   ppl_contexts: list[int] | tuple[int, ...] = (), ppl_batch_size: int = 1,
+                   cache_dir: str | None = None) -> dict:
     """Scores of one checkpoint.
 
     Returns ``{"tasks": {name: {metric: value}}, "beyond_window": {name: {...}}, "block_ppl":
@@ -82,13 +83,24 @@ def evaluate_model(pretrained: str, specs: list[TaskSpec], *, limit: int | None 
     (``arc_easy@25``). ``window``: also count the scored tokens beyond it (see
     :mod:`.window_share`); ``ppl_tokens`` / ``ppl_contexts``: fixed-context perplexities (see
     :mod:`.block_perplexity`).
+    ``cache_dir``: keep each score in a JSON file there (see :class:`ScoreCache`) and compute only
+    what is missing, so a long evaluation can be split over several runs and a teacher scored once.
     """
     import lm_eval
 
     from .harness import LinearizedLM
 
-    lm = LinearizedLM(pretrained=pretrained, batch_size=batch_size, device=device, dtype=dtype)
+    cache = ScoreCache(cache_dir, pretrained, limit=limit, seed=seed, window=window, dtype=dtype) if cache_dir else None
     out: dict = {"tasks": {}, "beyond_window": {}, "block_ppl": {}, "probes": None}
+    if cache is not None:
+        out, specs = cache.fill(out, specs)
+        if probes is not None and cache.probes_for(probes) is not None:
+            out["probes"], probes = cache.probes_for(probes), None
+        ppl_contexts = [c for c in ppl_contexts
+                        if any(f"{src} ppl@{c}" not in out["block_ppl"] for src in (ppl_tokens or {}))]
+        if not specs and probes is None and not ppl_contexts:
+            return out
+    lm = LinearizedLM(pretrained=pretrained, batch_size=batch_size, device=device, dtype=dtype)
     if specs:
         tm = task_manager(data_dir, **({"text_file": text_file} if text_file else {}))
         positions = RequestPositions(lm) if window is not None else None
@@ -115,6 +127,8 @@ def evaluate_model(pretrained: str, specs: list[TaskSpec], *, limit: int | None 
                     samples = [x for leaf in _leaf_tasks(res, spec.local) for x in res["samples"].get(leaf, [])]
                     out["beyond_window"][spec.name] = beyond_window_share(samples, positions, window)
             del res
+            if cache is not None:
+                cache.save(out)
     for source, ids in (ppl_tokens or {}).items():
         for context in ppl_contexts:
             key = f"{source} ppl@{context}"
@@ -126,9 +140,66 @@ def evaluate_model(pretrained: str, specs: list[TaskSpec], *, limit: int | None 
                                          "context": int(context), "error": str(e)}
     if probes is not None:
         out["probes"] = run_probes(lm.model, lm.tokenizer, probes, device=lm.device)
+        if cache is not None:
+            cache.save(out, probes)
+    elif cache is not None:
+        cache.save(out)
     del lm
     gc.collect()
     return out
+
+
+class ScoreCache:
+    """One JSON file of a checkpoint's scores: ``<cache_dir>/<name>-<key>.json``.
+
+    The key hashes what changes the scores: the checkpoint (its path and the modification times of
+    its config and weights), limit, seed, window and dtype. Task rows, beyond-window shares and
+    fixed-context perplexities are reused by name; probes only under the same probe settings.
+    Written through a temporary file and a rename, after every group of tasks.
+    """
+
+    def __init__(self, cache_dir: str, pretrained: str, **settings):
+        import hashlib
+
+        stamp = [str(pretrained)]
+        p = Path(str(pretrained))
+        if p.exists():
+            stamp = [str(p.resolve())] + [f"{f.name}:{f.stat().st_mtime_ns}" for f in sorted(p.glob("*"))
+                                          if f.suffix in (".json", ".safetensors", ".bin", ".gguf")] if p.is_dir() \
+                else [str(p.resolve()), str(p.stat().st_mtime_ns)]
+        key = hashlib.sha1(json.dumps([stamp, settings], sort_keys=True, default=str).encode()).hexdigest()[:12]
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in (p.name or "model"))[-40:]
+        self.path = Path(cache_dir) / f"{name}-{key}.json"
+        self.window = settings.get("window")
+        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def fill(self, out: dict, specs: list[TaskSpec]) -> tuple[dict, list[TaskSpec]]:
+        """Copy cached scores into ``out``; return it and the specs still to evaluate."""
+        tasks, beyond = self.data.get("tasks", {}), self.data.get("beyond_window", {})
+        todo = []
+        for spec in specs:
+            if spec.name in tasks and (self.window is None or spec.name in beyond):
+                out["tasks"][spec.name] = tasks[spec.name]
+                if spec.name in beyond:
+                    out["beyond_window"][spec.name] = beyond[spec.name]
+            else:
+                todo.append(spec)
+        out["block_ppl"].update(self.data.get("block_ppl", {}))
+        return out, todo
+
+    def probes_for(self, probes: ProbeConfig):
+        hit = self.data.get("probes")
+        return hit["result"] if hit and hit.get("config") == asdict(probes) else None
+
+    def save(self, out: dict, probes: ProbeConfig | None = None) -> None:
+        for k in ("tasks", "beyond_window", "block_ppl"):
+            self.data.setdefault(k, {}).update(out.get(k) or {})
+        if probes is not None:
+            self.data["probes"] = {"config": asdict(probes), "result": out["probes"]}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str), encoding="utf-8")
+        os.replace(tmp, self.path)
 
 
 def build_rows(specs: list[TaskSpec], teacher: dict, student: dict, beyond: dict | None = None) -> list[dict]:
@@ -304,7 +375,7 @@ def run_report(teacher: str, student: str, tasks: list[str] | str = DEFAULT_TASK
                probes: ProbeConfig | list[int] | None = None, data_dir: str | None = None,
                dtype: str = "auto", text_file: str | None = None, seed: int = 1234, window: int | None = None,
                ppl_contexts: list[int] | None = None, ppl_max_tokens: int | None = DEFAULT_PPL_MAX_TOKENS,
-               ppl_file: str | None = None, ppl_batch_size: int = 1) -> dict:
+               ppl_file: str | None = None, ppl_batch_size: int = 1, cache_dir: str | None = None) -> dict:
     """Evaluate teacher and student, write report.{json,md,png} into ``out_dir``; return the report dict.
 
     teacher / student: checkpoint dir, ``.gguf`` file or alias (``smollm2-135m``).
@@ -317,6 +388,8 @@ def run_report(teacher: str, student: str, tasks: list[str] | str = DEFAULT_TASK
     ppl_contexts: fixed-context perplexity at these lengths (e.g. ``[1024, 4096]``) on WikiText-2
             test and, with ``ppl_file`` (``.npy`` token ids, ``.txt``, ``.jsonl(.gz)``), a held-out slice;
             ``ppl_max_tokens`` text tokens per source at most (None = all).
+    cache_dir: reuse and keep per-checkpoint scores there (:class:`ScoreCache`): the teacher is scored
+            once for several students, and a long evaluation can be split over several runs.
     Raises ``UnknownTask``, ``DataFileMissing`` or ``TokenizerMismatch`` before any model is loaded.
     """
     specs = resolve_tasks(tasks) if tasks else []
@@ -343,7 +416,7 @@ def run_report(teacher: str, student: str, tasks: list[str] | str = DEFAULT_TASK
 
     kw = dict(limit=limit, batch_size=batch_size, device=device, dtype=dtype, data_dir=root,
               probes=probes, text_file=text_file, seed=seed, ppl_tokens=ppl_tokens, ppl_contexts=ppl_contexts,
-              ppl_batch_size=ppl_batch_size)
+              ppl_batch_size=ppl_batch_size, cache_dir=cache_dir)
     t0 = time.time()
     scores = {"teacher": evaluate_model(teacher, specs, **kw)}
     scores["student"] = evaluate_model(student, specs, window=window, **kw)

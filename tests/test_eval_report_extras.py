@@ -286,3 +286,31 @@ def test_report_fewshot_window_and_block_ppl(tiny_dir, tok, tmp_path):
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Perplexity at fixed context" in md and "beyond_window %" in md and "| **copa@3** |" in md
     assert "**mean (few-shot)**" in md
+
+
+def test_score_cache_reuses_and_splits(tmp_path):
+    """Scores cached per checkpoint: a second run of the same task reads the file (a poisoned cached
+    value shows up in the report), a new task is computed and added, and a changed checkpoint misses."""
+    import json
+
+    from linearize.eval.report import ScoreCache
+    from linearize.eval.suite import resolve_tasks
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    c = ScoreCache(str(tmp_path / "cache"), str(ckpt), limit=3, seed=1, window=None, dtype="auto")
+    out = {"tasks": {"copa": {"acc": 0.25}}, "beyond_window": {}, "block_ppl": {"wikitext ppl@8": {"token_perplexity": 9.0}}}
+    c.save(out)
+    again = ScoreCache(str(tmp_path / "cache"), str(ckpt), limit=3, seed=1, window=None, dtype="auto")
+    filled, todo = again.fill({"tasks": {}, "beyond_window": {}, "block_ppl": {}}, resolve_tasks("copa,piqa"))
+    assert filled["tasks"]["copa"] == {"acc": 0.25} and [s.name for s in todo] == ["piqa"]
+    assert filled["block_ppl"]["wikitext ppl@8"]["token_perplexity"] == 9.0
+    other = ScoreCache(str(tmp_path / "cache"), str(ckpt), limit=4, seed=1, window=None, dtype="auto")
+    assert other.path != again.path and other.fill({"tasks": {}, "beyond_window": {}, "block_ppl": {}},
+                                                    resolve_tasks("copa"))[1]
+    (ckpt / "config.json").write_text('{"changed": 1}')
+    import os
+    os.utime(ckpt / "config.json", ns=(1, 1))
+    assert ScoreCache(str(tmp_path / "cache"), str(ckpt), limit=3, seed=1, window=None, dtype="auto").path != again.path
+    assert json.loads(again.path.read_text())["tasks"]["copa"]["acc"] == 0.25
