@@ -30,17 +30,23 @@ from .window import window_chunked, window_parallel, window_step
 
 @fused
 def combine(num_sm, den_sm, num_lin, den_lin, mix, linear_enabled=True):
-    """Shared normaliser. num: [B, H, T, V] (or [B, H, V]); den: num without the last dim."""
+    """Shared normaliser. num: [B, H, T, V] (or [B, H, V]); den: num without the last dim.
+
+    Computed in float32 at least (the two halves' sums can nearly cancel in gamma's gradient;
+    bf16 there is noise), returned in num_sm's dtype."""
+    out_dtype = num_sm.dtype
+    ct = torch.promote_types(num_sm.dtype, torch.float32)
+    num_sm, den_sm = num_sm.to(ct), den_sm.to(ct)
     if not linear_enabled:
         num, den = num_sm, den_sm
     else:
         shape = (1, -1) + (1,) * (den_sm.dim() - 2)
-        gamma = torch.sigmoid(mix.to(torch.promote_types(mix.dtype, torch.float32))).to(den_sm.dtype).reshape(shape)
-        num = gamma.unsqueeze(-1) * num_sm + (1 - gamma.unsqueeze(-1)) * num_lin.to(num_sm.dtype)
-        den = gamma * den_sm + (1 - gamma) * den_lin.to(den_sm.dtype)
+        gamma = torch.sigmoid(mix.to(ct)).reshape(shape)
+        num = gamma.unsqueeze(-1) * num_sm + (1 - gamma.unsqueeze(-1)) * num_lin.to(ct)
+        den = gamma * den_sm + (1 - gamma) * den_lin.to(ct)
     ok = den > 0  # a padded query that sees nothing gets 0, not nan
     safe = torch.where(ok, den, torch.ones_like(den))
-    return torch.where(ok.unsqueeze(-1), num / safe.unsqueeze(-1), torch.zeros_like(num))
+    return torch.where(ok.unsqueeze(-1), num / safe.unsqueeze(-1), torch.zeros_like(num)).to(out_dtype)
 
 
 def hybrid_parallel(q, k, v, fq, fk, g, mix, window, scale, valid=None, meta_k=None, meta_v=None,
