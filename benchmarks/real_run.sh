@@ -15,7 +15,7 @@ train)
   echo "rc=$?"; tail -c 1500 $OUT/train_$method.log
   for s in distill finetune; do
     cp $R/$s/metrics.jsonl $OUT/${s}_metrics_$method.jsonl 2>/dev/null
-    cp $R/$s/loss.png $OUT/${s}_loss_$method.png 2>/dev/null
+    [ -n "${KEEP_PNG-}" ] && cp $R/$s/loss.png $OUT/${s}_loss_$method.png 2>/dev/null
   done ;;
 eval)
   tasks=$1; shift
@@ -23,5 +23,5 @@ eval)
       --batch-size 64 --out $R/eval "$@" > $OUT/eval_$method.log 2>&1
   echo "rc=$?"; tail -c 3000 $OUT/eval_$method.log
   cp $R/eval/report.md $OUT/report_$method.md; cp $R/eval/report.json $OUT/report_$method.json
-  cp $R/eval/report.png $OUT/report_$method.png 2>/dev/null ;;
+  [ -n "${KEEP_PNG-}" ] && cp $R/eval/report.png $OUT/report_$method.png 2>/dev/null ;;
 esac
