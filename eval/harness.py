@@ -62,6 +62,25 @@ class LinearizedLM(HFLM):
         super().__init__(pretrained=pretrained, device=device, dtype=dtype, tokenizer=tokenizer, backend=backend,
                          **kwargs)
 
+    # Rolling windows (perplexity tasks) are max_length tokens each. A batch sized for short
+    # multiple-choice requests would ask the teacher's padded SDPA for batch x max_length^2 scores
+    # (64 x 8192^2 x 9 heads: 144 GiB on the H100): cap rolling batches by tokens instead.
+    rolling_tokens_per_batch = 16384
+
+    def rolling_batch_size(self) -> int | str:
+        bs = self.batch_size_per_gpu
+        if not isinstance(bs, int):
+            return bs
+        return max(1, min(bs, self.rolling_tokens_per_batch // max(1, int(self.max_length))))
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        old = self.batch_size_per_gpu
+        self.batch_size_per_gpu = self.rolling_batch_size()
+        try:
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self.batch_size_per_gpu = old
+
 
 if MODEL_NAME not in model_registry:
     register_model(MODEL_NAME)(LinearizedLM)

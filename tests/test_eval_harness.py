@@ -72,6 +72,31 @@ def test_registered_model_matches_plain_hf(tiny_dir):
     assert max(abs(a - b) for a, b in zip(ref, got)) < 1e-4, (ref, got)
 
 
+def test_rolling_batches_capped_by_tokens(tiny_dir):
+    """Perplexity windows are max_length long: the rolling batch is capped so batch x max_length stays
+    within rolling_tokens_per_batch, scores do not change, and the short-request batch size is restored."""
+    from lm_eval.api.instance import Instance
+
+    lm = LinearizedLM(pretrained=tiny_dir, device="cpu", dtype="float32", batch_size=8, max_length=64)
+    text = " ".join(f"word{i}" for i in range(300))
+    reqs = [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0)]
+    seen = []
+    orig = lm._model_call
+
+    def spy(inps, *a, **kw):
+        seen.append(inps.shape[0])
+        return orig(inps, *a, **kw)
+
+    lm._model_call = spy
+    uncapped = lm.loglikelihood_rolling(reqs)
+    assert max(seen) == 8 and lm.batch_size_per_gpu == 8
+    seen.clear()
+    lm.rolling_tokens_per_batch = 128  # two windows of 64
+    capped = lm.loglikelihood_rolling(reqs)
+    assert max(seen) == 2 and len(seen) > 1 and lm.batch_size_per_gpu == 8
+    assert abs(capped[0] - uncapped[0]) < 1e-3
+
+
 def test_converted_model_matches_direct_forward(tiny_dir, tok, tmp_path):
     """Only skipped while linearize.convert does not exist yet."""
     if not hasattr(linearize, "convert"):
