@@ -158,3 +158,21 @@ def test_window_gate_sums_stay_precise_over_long_sequences():
         got = window_sums(g, w)
         assert got.dtype == torch.float32
         assert (got.double() - want).abs().max() < 1e-4 * w
+
+
+def test_fused_glue_runs_plain_code_off_the_gpu(monkeypatch):
+    """fused() compiles only for large CUDA inputs: on CPU the reference function runs as is (the
+    forms tested above are the code users get on CPU), and its .reference is that function."""
+    from linearize.attention import fusion
+    from linearize.attention.hybrid import combine
+
+    def boom(*a, **k):
+        raise AssertionError("torch.compile must not run for CPU inputs")
+
+    monkeypatch.setattr(torch, "compile", boom)
+    g = torch.Generator().manual_seed(0)
+    num, den = torch.rand(2, 3, 5, 4, generator=g), torch.rand(2, 3, 5, generator=g) + 0.1
+    out = combine(num, den, num * 2, den * 2, torch.zeros(3))
+    assert torch.allclose(out, combine.reference(num, den, num * 2, den * 2, torch.zeros(3)))
+    assert torch.allclose(out, num / den[..., None])  # same ratio in both halves: the mix cancels
+    assert not fusion._big_cuda((num,), {})
