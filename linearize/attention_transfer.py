@@ -57,7 +57,7 @@ def freeze_all_but_new(model: torch.nn.Module) -> list[str]:
 
 
 def make_transfer_loss(attns: list[tuple[int, torch.nn.Module]]):
-    """loss_fn(model, batch) -> (sum of per-layer transfer losses, {"layer_i": loss_i})."""
+    """loss_fn(model, batch) -> (sum of per-layer transfer losses, {"layer_i": loss_i (0-d tensor)})."""
 
     def loss_fn(model, batch):
         for _, a in attns:
@@ -70,7 +70,8 @@ def make_transfer_loss(attns: list[tuple[int, torch.nn.Module]]):
                 raise RuntimeError(f"layer {i} produced no transfer_loss: is it in mode 'transfer'?")
             losses.append(a.transfer_loss)
         total = torch.stack(losses).sum()
-        return total, {f"layer_{i}": float(l.detach()) for (i, _), l in zip(attns, losses)}
+        # tensors, not floats: a float() here would stall the host on the GPU between forward and backward
+        return total, {f"layer_{i}": l.detach() for (i, _), l in zip(attns, losses)}
 
     return loss_fn
 

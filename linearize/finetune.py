@@ -84,11 +84,11 @@ def make_finetune_loss(peft_model, cfg: FinetuneConfig):
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"], use_cache=False
         )
         loss = cfg.lm_weight * out.loss
-        extras["lm_loss"] = float(out.loss.detach())
+        extras["lm_loss"] = out.loss.detach()
         if teacher_logits is not None:
             kd = kd_loss(out.logits, teacher_logits, batch["labels"], cfg.distill_temperature)
             loss = loss + cfg.distill_weight * kd
-            extras["kd_loss"] = float(kd.detach())
+            extras["kd_loss"] = kd.detach()
         return loss, extras
 
     return loss_fn

@@ -587,20 +587,21 @@ def train(
                         loss, extra = loss_fn(pmodel, batch)
                     acc.backward(loss)
                 micro_losses.append(loss.detach().float())
-                for k, v in extra.items():
-                    extras[k] = extras.get(k, 0.0) + float(v) / ga
+                for k, v in extra.items():  # kept on the device: one host sync per step, below
+                    v = v.detach().float().to(acc.device) if torch.is_tensor(v) else torch.tensor(float(v), device=acc.device)
+                    extras[k] = extras.get(k, 0.0) + v / ga
             # the step loss and the per-part losses, averaged over ranks in one collective: every
             # rank's micro-batches have the same size, so this is the mean over the global batch
             keys = sorted(extras)
-            vals = torch.stack([torch.stack(micro_losses).mean()]
-                               + [torch.tensor(extras[k], device=acc.device) for k in keys])
+            vals = torch.stack([torch.stack(micro_losses).mean()] + [extras[k].reshape(()) for k in keys])
             if world > 1:
                 vals = acc.reduce(vals, "mean")
+            vals = vals.tolist()
             step_loss = vals[0]
-            extras = {k: float(v) for k, v in zip(keys, vals[1:])}
-            if not torch.isfinite(step_loss):  # the same reduced value on every rank: all stop
+            extras = dict(zip(keys, vals[1:]))
+            if not math.isfinite(step_loss):  # the same reduced value on every rank: all stop
                 opt.zero_grad(set_to_none=True)
-                raise NonFiniteLossError(step + 1, float(step_loss), last_good)  # 1-based, as in metrics
+                raise NonFiniteLossError(step + 1, step_loss, last_good)  # 1-based, as in metrics
             grad_norm = None
             if cfg.max_grad_norm and cfg.max_grad_norm > 0:
                 grad_norm = float(acc.clip_grad_norm_(params, cfg.max_grad_norm))
@@ -609,7 +610,7 @@ def train(
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
-            last_loss = float(step_loss)
+            last_loss = step_loss
             dt = time.perf_counter() - t_step
             row = {
                 "step": step,
