@@ -12,7 +12,7 @@ phase=$1; method=$2; shift 2
 R=/tmp/run-$method
 case $phase in
 train)
-  ds=${1:-600}; fs=${2:-1800}
+  ds=${1:-1000}; fs=${2:-1000}
   python3 -m linearize run recipes/smollm2-135m-$method.yaml --data.token_file=/tmp/corpus/smollm2-20m.npy \
       --distill.steps=$ds --finetune.steps=$fs --eval.tasks=[] --output_dir=$R > $OUT/train_$method.log 2>&1
   echo "rc=$?"; tail -c 1500 $OUT/train_$method.log
@@ -21,7 +21,7 @@ train)
     [ -n "${KEEP_PNG-}" ] && cp $R/$s/loss.png $OUT/${s}_loss_$method.png 2>/dev/null
   done ;;
 distill|finetune)
-  ds=${1:-600}; fs=${2:-1800}
+  ds=${1:-1000}; fs=${2:-1000}
   python3 -m linearize $phase ${RESUME:+--resume} recipes/smollm2-135m-$method.yaml --data.token_file=/tmp/corpus/smollm2-20m.npy \
       --distill.steps=$ds --finetune.steps=$fs --eval.tasks=[] --output_dir=$R >> $OUT/${phase}_$method.log 2>&1
   echo "rc=$?"; tail -c 1500 $OUT/${phase}_$method.log
