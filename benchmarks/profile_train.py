@@ -1,6 +1,6 @@
 """Where a training step's GPU time goes: teacher fwd+bwd, stage 1 and stage 2 on SmolLM2-135M's
 shape (random weights), batch 16 x 1024, bf16 autocast. Prints step times and, per step, the top
-CUDA kernels of one profiled call.
+CUDA kernels of one profiled call and the ops that take the host's time.
 
     python3 benchmarks/profile_train.py [method] [batch] [seq]
 """
@@ -26,11 +26,14 @@ def wrap(name, step):
         calls[0] += 1
         if calls[0] != 3:  # profile one call after warm-up, time the others
             return step()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
             step()
             torch.cuda.synchronize()
         print(f"== {name} ({method}, {B}x{T})")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60))
+        # the step is host-bound when the CUDA total is well under the wall time: where the host goes
+        print(f"== {name} host side: top ops by self CPU time")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
     return profiled
 
 
