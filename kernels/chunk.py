@@ -15,6 +15,8 @@ o_t do_t - v_t dv_t (value gate) plus the final state's term, reverse-cumsummed 
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -203,7 +205,7 @@ def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
 
 # The state walks (fwd_h, bwd_dh) are sequential over chunks: split the state's rows over programs
 # too, so a [B*H] grid of short sequences still fills the GPU (the rows are independent).
-STATE_BK = int(__import__("os").environ.get("LINEARIZE_STATE_BK", "64"))
+STATE_BK = int(os.environ.get("LINEARIZE_STATE_BK", "64"))
 
 
 def _np2(x, lo=16):
@@ -241,9 +243,10 @@ def _chunk_cumsum(g, BT: int, pad: int):
 
 
 @fused
-def _key_gate_grad(q, dq, k, dk, T: int):
-    """dL/dg for the key gate from dL/dG_t = q_t dq_t - k_t dk_t, reverse-cumsummed over time."""
-    dG = q[:, :T].float() * dq - k[:, :T].float() * dk
+def _gate_grad(a, da, b, db):
+    """dL/dg of a gate from dL/dG_t = a_t da_t - b_t db_t ([N, T, C]), reverse-cumsummed over time:
+    (q, dq, k, dk) for the key gate, (o, do, v, dv) for the value gate."""
+    dG = a.float() * da.float() - b.float() * db.float()
     return dG.flip(1).cumsum(1).flip(1)
 
 
@@ -301,10 +304,6 @@ def gla_bwd(q, k, v, gkc, gvc, h, do, dhT, dims, BT):
     return dq, dk, dv, dh0
 
 
-def _rev_cumsum(x):
-    return x.flip(2).cumsum(2).flip(2)
-
-
 class ChunkGLAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, gk, gv, h0, BT):
@@ -337,15 +336,15 @@ class ChunkGLAFunction(torch.autograd.Function):
         dq, dk, dv = dq[:, :T], dk[:, :T], dv[:, :T]
         dgk = dgv = None
         if has_gk:
-            dgk = _key_gate_grad(qf, dq, kf, dk, T)
+            dgk = _gate_grad(qf[:, :T], dq, kf[:, :T], dk)
             if dS is not None:  # the final state's term reaches every step's gate (it sits at t = T-1)
                 dgk = dgk + (dS.float() * S).sum(-1).reshape(B * H, 1, K)
             dgk = dgk.view(B, H, T, K).to(gkdt)
         if has_gv:
-            dG = o.reshape(B * H, T, V).float() * do.reshape(B * H, T, V).float() - vf[:, :T].float() * dv
+            dgv = _gate_grad(o.reshape(B * H, T, V), do.reshape(B * H, T, V), vf[:, :T], dv)
             if dS is not None:
-                dG[:, -1] += (dS.float() * S).sum(-2).reshape(B * H, V)
-            dgv = _rev_cumsum(dG.view(B, H, T, V)).to(gvdt)
+                dgv = dgv + (dS.float() * S).sum(-2).reshape(B * H, 1, V)
+            dgv = dgv.view(B, H, T, V).to(gvdt)
         return (dq.view(B, H, T, K).to(qdt), dk.view(B, H, T, K).to(kdt), dv.view(B, H, T, V).to(vdt),
                 dgk, dgv, dh0.view(B, H, K, V).to(h0dt) if has_h0 else None, None)
 
