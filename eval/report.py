@@ -92,13 +92,14 @@ def evaluate_model(pretrained: str, specs: list[TaskSpec], *, limit: int | None 
 
     cache = ScoreCache(cache_dir, pretrained, limit=limit, seed=seed, window=window, dtype=dtype) if cache_dir else None
     out: dict = {"tasks": {}, "beyond_window": {}, "block_ppl": {}, "probes": None}
+    # each fixed-context perplexity, named "<source> ppl@<context>", with the fingerprint of its tokens
+    ppl_wanted = {f"{src} ppl@{c}": token_fingerprint(ids) for src, ids in (ppl_tokens or {}).items()
+                  for c in ppl_contexts}
     if cache is not None:
-        out, specs = cache.fill(out, specs)
+        out, specs = cache.fill(out, specs, ppl_wanted)
         if probes is not None and cache.probes_for(probes) is not None:
             out["probes"], probes = cache.probes_for(probes), None
-        ppl_contexts = [c for c in ppl_contexts
-                        if any(f"{src} ppl@{c}" not in out["block_ppl"] for src in (ppl_tokens or {}))]
-        if not specs and probes is None and not ppl_contexts:
+        if not specs and probes is None and all(k in out["block_ppl"] for k in ppl_wanted):
             return out
     lm = LinearizedLM(pretrained=pretrained, batch_size=batch_size, device=device, dtype=dtype)
     if specs:
@@ -128,10 +129,12 @@ def evaluate_model(pretrained: str, specs: list[TaskSpec], *, limit: int | None 
                     out["beyond_window"][spec.name] = beyond_window_share(samples, positions, window)
             del res
             if cache is not None:
-                cache.save(out)
+                cache.save(out, ppl_wanted)
     for source, ids in (ppl_tokens or {}).items():
         for context in ppl_contexts:
             key = f"{source} ppl@{context}"
+            if key in out["block_ppl"]:  # from the cache
+                continue
             try:
                 out["block_ppl"][key] = block_perplexity(lm.model, lm.tokenizer, ids, int(context),
                                                          batch_size=ppl_batch_size, device=lm.device)
@@ -141,12 +144,21 @@ def evaluate_model(pretrained: str, specs: list[TaskSpec], *, limit: int | None 
     if probes is not None:
         out["probes"] = run_probes(lm.model, lm.tokenizer, probes, device=lm.device)
         if cache is not None:
-            cache.save(out, probes)
+            cache.save(out, ppl_wanted, probes)
     elif cache is not None:
-        cache.save(out)
+        cache.save(out, ppl_wanted)
     del lm
     gc.collect()
     return out
+
+
+def token_fingerprint(ids) -> str:
+    """A short hash of a token sequence (a list or an integer array)."""
+    import hashlib
+
+    import numpy as np
+
+    return hashlib.sha1(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 class ScoreCache:
@@ -173,8 +185,11 @@ class ScoreCache:
         self.window = settings.get("window")
         self.data = json.loads(self.path.read_text()) if self.path.is_file() else {}
 
-    def fill(self, out: dict, specs: list[TaskSpec]) -> tuple[dict, list[TaskSpec]]:
-        """Copy cached scores into ``out``; return it and the specs still to evaluate."""
+    def fill(self, out: dict, specs: list[TaskSpec], ppl_wanted: dict[str, str] | None = None
+             ) -> tuple[dict, list[TaskSpec]]:
+        """Copy cached scores into ``out``; return it and the specs still to evaluate. ``ppl_wanted``:
+        {"<source> ppl@<context>": token fingerprint}; a cached perplexity is reused only for the
+        same tokens (another held-out file under the same name is computed again)."""
         tasks, beyond = self.data.get("tasks", {}), self.data.get("beyond_window", {})
         todo = []
         for spec in specs:
@@ -184,16 +199,22 @@ class ScoreCache:
                     out["beyond_window"][spec.name] = beyond[spec.name]
             else:
                 todo.append(spec)
-        out["block_ppl"].update(self.data.get("block_ppl", {}))
+        cached = self.data.get("block_ppl", {})
+        for key, fp in (ppl_wanted or {}).items():
+            hit = cached.get(key)
+            if hit is not None and hit.get("tokens_sha1") == fp:
+                out["block_ppl"][key] = {k: v for k, v in hit.items() if k != "tokens_sha1"}
         return out, todo
 
     def probes_for(self, probes: ProbeConfig):
         hit = self.data.get("probes")
         return hit["result"] if hit and hit.get("config") == asdict(probes) else None
 
-    def save(self, out: dict, probes: ProbeConfig | None = None) -> None:
-        for k in ("tasks", "beyond_window", "block_ppl"):
+    def save(self, out: dict, ppl_wanted: dict[str, str] | None = None, probes: ProbeConfig | None = None) -> None:
+        for k in ("tasks", "beyond_window"):
             self.data.setdefault(k, {}).update(out.get(k) or {})
+        for key, val in (out.get("block_ppl") or {}).items():
+            self.data.setdefault("block_ppl", {})[key] = {**val, "tokens_sha1": (ppl_wanted or {}).get(key)}
         if probes is not None:
             self.data["probes"] = {"config": asdict(probes), "result": out["probes"]}
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -284,7 +284,7 @@ def test_score_cache_reuses_and_splits(tmp_path):
     value shows up in the report), a new task is computed and added, and a changed checkpoint misses."""
     import json
 
-    from linearize.eval.report import ScoreCache
+    from linearize.eval.report import ScoreCache, token_fingerprint
     from linearize.eval.suite import resolve_tasks
 
     ckpt = tmp_path / "ckpt"
@@ -292,11 +292,14 @@ def test_score_cache_reuses_and_splits(tmp_path):
     (ckpt / "config.json").write_text("{}")
     c = ScoreCache(str(tmp_path / "cache"), str(ckpt), limit=3, seed=1, window=None, dtype="auto")
     out = {"tasks": {"copa": {"acc": 0.25}}, "beyond_window": {}, "block_ppl": {"wikitext ppl@8": {"token_perplexity": 9.0}}}
-    c.save(out)
+    fp = {"wikitext ppl@8": token_fingerprint([5, 6, 7])}
+    c.save(out, fp)
     again = ScoreCache(str(tmp_path / "cache"), str(ckpt), limit=3, seed=1, window=None, dtype="auto")
-    filled, todo = again.fill({"tasks": {}, "beyond_window": {}, "block_ppl": {}}, resolve_tasks("copa,piqa"))
+    filled, todo = again.fill({"tasks": {}, "beyond_window": {}, "block_ppl": {}}, resolve_tasks("copa,piqa"), fp)
     assert filled["tasks"]["copa"] == {"acc": 0.25} and [s.name for s in todo] == ["piqa"]
     assert filled["block_ppl"]["wikitext ppl@8"]["token_perplexity"] == 9.0
+    other_text = {"wikitext ppl@8": token_fingerprint([5, 6, 8])}  # same name, other tokens: recomputed
+    assert not again.fill({"tasks": {}, "beyond_window": {}, "block_ppl": {}}, [], other_text)[0]["block_ppl"]
     other = ScoreCache(str(tmp_path / "cache"), str(ckpt), limit=4, seed=1, window=None, dtype="auto")
     assert other.path != again.path and other.fill({"tasks": {}, "beyond_window": {}, "block_ppl": {}},
                                                     resolve_tasks("copa"))[1]
