@@ -588,8 +588,7 @@ def train(
                     acc.backward(loss)
                 micro_losses.append(loss.detach().float())
                 for k, v in extra.items():  # kept on the device: one host sync per step, below
-                    v = v.detach().float().to(acc.device) if torch.is_tensor(v) else torch.tensor(float(v), device=acc.device)
-                    extras[k] = extras.get(k, 0.0) + v / ga
+                    extras[k] = extras.get(k, 0.0) + torch.as_tensor(v, device=acc.device).detach().float() / ga
             # the step loss and the per-part losses, averaged over ranks in one collective: every
             # rank's micro-batches have the same size, so this is the mean over the global batch
             keys = sorted(extras)
