@@ -13,6 +13,8 @@ import math
 import re
 from collections.abc import Iterable
 
+from .window_share import logged_requests
+
 
 def process_results(doc: dict, results: list[float]) -> dict:
     """lm-eval ``process_results`` for plain text pages: (loglik, n) pairs for weighted perplexity."""
@@ -39,7 +41,7 @@ def token_perplexity(samples: Iterable[dict], tokenizer) -> float:
     total_ll, total_tokens = 0.0, 0
     for s in samples:
         args = s["arguments"]
-        text = _scored_text(args)
+        text = logged_requests(args)[0][0]  # the scored string
         ll = s["resps"][0][0]
         ll = ll[0] if isinstance(ll, (list, tuple)) else ll
         total_ll += float(ll)
@@ -47,13 +49,3 @@ def token_perplexity(samples: Iterable[dict], tokenizer) -> float:
     if total_tokens == 0:
         return float("nan")
     return math.exp(-total_ll / total_tokens)
-
-
-def _scored_text(args) -> str:
-    """The string scored by a loglikelihood_rolling request, whatever nesting lm-eval logs it with."""
-    if isinstance(args, dict):  # newer lm-eval: {"gen_args_0": {"arg_0": text}}
-        first = next(iter(args.values()))
-        return _scored_text(first)
-    if isinstance(args, (list, tuple)):
-        return _scored_text(args[0])
-    return str(args)

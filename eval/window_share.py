@@ -82,7 +82,7 @@ def _beyond(first: int, n: int, window: int) -> int:
     return max(0, first + n - max(first, window))
 
 
-def _requests(arguments) -> list[tuple[str, ...]]:
+def logged_requests(arguments) -> list[tuple[str, ...]]:
     """The requests of one logged sample: ``[(context, continuation), ...]`` or ``[(text,), ...]``.
 
     lm-eval 0.4.x logs ``[[ctx, cont], ...]`` / ``[[text]]``; newer versions log
@@ -111,7 +111,7 @@ def beyond_window_share(samples: Iterable[dict], lm, window: int) -> dict:
     pos = lm if isinstance(lm, RequestPositions) else RequestPositions(lm)
     scored = beyond = 0
     for sample in samples:
-        for req in _requests(sample["arguments"]):
+        for req in logged_requests(sample["arguments"]):
             spans = pos.rolling(req[0]) if len(req) == 1 else [pos.pair(req[0], req[1])]
             for first, n in spans:
                 scored += n
