@@ -129,11 +129,18 @@ def load_ppl_tokens(path: str | os.PathLike, tokenizer, max_tokens: int | None =
             arr = arr[: int(max_tokens)]
         if not np.issubdtype(arr.dtype, np.integer):
             raise ValueError(f"{path}: token ids must be integers, got {arr.dtype}")
-        ids = np.asarray(arr).astype("int64").tolist()
-    else:
-        max_chars = None if max_tokens is None else CHARS_PER_TOKEN_BOUND * int(max_tokens)
-        ids = tokenizer(_read_text(path, max_chars), add_special_tokens=False)["input_ids"]
-    return ids[: int(max_tokens)] if max_tokens is not None else ids
+        return np.asarray(arr).astype("int64").tolist()
+    max_chars = None if max_tokens is None else CHARS_PER_TOKEN_BOUND * int(max_tokens)
+    return _tokenize_head(tokenizer, _read_text(path, max_chars), max_tokens)
+
+
+def _tokenize_head(tokenizer, text: str, max_tokens: int | None) -> list[int]:
+    """The first ``max_tokens`` token ids of ``text`` (no special tokens), tokenising only about as
+    much text as they need."""
+    if max_tokens is None:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    text = text[: CHARS_PER_TOKEN_BOUND * int(max_tokens)]
+    return tokenizer(text, add_special_tokens=False)["input_ids"][: int(max_tokens)]
 
 
 def wikitext_text(data_dir=None, split: str = "test") -> str:
@@ -151,11 +158,7 @@ def ppl_sources(tokenizer, data_dir=None, ppl_file: str | None = None, max_token
     """Token ids of each fixed-context perplexity source: ``wikitext`` and (with ``ppl_file``) ``heldout``."""
     out = {}
     if wikitext:
-        text = wikitext_text(data_dir)
-        if max_tokens is not None:
-            text = text[: CHARS_PER_TOKEN_BOUND * int(max_tokens)]
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        out["wikitext"] = ids[:max_tokens] if max_tokens is not None else ids
+        out["wikitext"] = _tokenize_head(tokenizer, wikitext_text(data_dir), max_tokens)
     if ppl_file:
         out["heldout"] = load_ppl_tokens(ppl_file, tokenizer, max_tokens)
     return out
