@@ -208,7 +208,9 @@ def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
 STATE_BK = int(os.environ.get("LINEARIZE_STATE_BK", "64"))
 
 
-def _np2(x, lo=16):
+def pow2_block(x: int, lo: int = 16) -> int:
+    """The block that covers a dimension of x: a power of two, at least lo (tl.dot wants every
+    dimension >= 16). Shared by the chunk, window and decode kernels."""
     return max(lo, triton.next_power_of_2(int(x)))
 
 
@@ -251,8 +253,8 @@ def _gate_grad(a, da, b, db):
 
 
 def _blocks(K, V):
-    BK = _np2(K)
-    BV = 64 if V > 32 else _np2(V)
+    BK = pow2_block(K)
+    BV = 64 if V > 32 else pow2_block(V)
     if BK > 128:
         BV = 32
     return BK, BV

@@ -17,9 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-
-def _np2(x: int, lo: int = 16) -> int:
-    return max(lo, triton.next_power_of_2(int(x)))
+from .chunk import pow2_block
 
 
 @triton.jit
@@ -305,13 +303,13 @@ def hybrid_step_triton(state, q, k, v, fq, fk, g, mix, scale, valid=None, meta_k
         float(scale), H, W, M, D, V, F,
     )
     flags = dict(HAS_G=g is not None, HAS_META=has_meta, HAS_VALID=valid is not None, LINEAR=bool(linear_enabled),
-                 BD=_np2(D), BF=_np2(F), BW=_np2(W), BM=_np2(max(M, 1)))
+                 BD=pow2_block(D), BF=pow2_block(F), BW=pow2_block(W), BM=pow2_block(max(M, 1)))
     variant = variant or DECODE_VARIANT or ("tile" if g is not None else "chunked")
     if variant == "chunked":
-        _hybrid_step_kernel_chunked[(B * H,)](*args, **flags, BV=_np2(V), CD=min(32, _np2(D)), CF=min(32, _np2(F)),
+        _hybrid_step_kernel_chunked[(B * H,)](*args, **flags, BV=pow2_block(V), CD=min(32, pow2_block(D)), CF=min(32, pow2_block(F)),
                                               num_warps=8 if W * V >= 4096 else 4)
     else:
-        _hybrid_step_kernel_tile[(B * H,)](*args, **flags, BV=64 if V > 32 else _np2(V),
+        _hybrid_step_kernel_tile[(B * H,)](*args, **flags, BV=64 if V > 32 else pow2_block(V),
                                            num_warps=8 if W * D >= 4096 else 4)
     advance(state)
     return o
@@ -368,7 +366,7 @@ def gsa_step_triton(state, q, k, v, g, scale):
     _gsa_step_kernel[(B * H,)](
         q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), Sk, Sv, o,
         float(scale), D, V, MS,
-        BD=_np2(D), BV=64 if V > 32 else _np2(V), BMS=_np2(MS), num_warps=4,
+        BD=pow2_block(D), BV=64 if V > 32 else pow2_block(V), BMS=pow2_block(MS), num_warps=4,
     )
     if "pos" in state:
         advance(state)

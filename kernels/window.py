@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .chunk import pow2_block
+
 
 @triton.jit
 def _fwd_kernel(q_ptr, k_ptr, v_ptr, mk_ptr, mv_ptr, valid_ptr, num_ptr, den_ptr, m_ptr,
@@ -200,11 +202,6 @@ def _bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, valid_ptr, m_ptr, dnum_ptr, dden_ptr, d
              mask=mj[:, None] & mv[None, :])
 
 
-def _np2(x, lo=16):
-    # tl.dot wants every dimension >= 16
-    return max(lo, triton.next_power_of_2(int(x)))
-
-
 # per kernel: query block, key block, launch settings. Measured on an H100 (bf16, 32 heads x 128, w = 64,
 # T = 8K and 32K): best or within 4% of the best of the variants tried (32 / 128 blocks, 8 warps, 1 or 3
 # stages). Avoid 8 warps with 1 stage for the forward: under Triton 3.6 it hit an illegal address there.
@@ -219,7 +216,7 @@ def _config(D, V, chunk_size):
     """The largest block any kernel may use, and the padded head dims. A caller's chunk below 64 caps
     the blocks (the tests run small blocks that way); wide heads (> 128) take 32 (a [64, 256] fp32
     accumulator would spill)."""
-    BD, BV = _np2(D), _np2(V)
+    BD, BV = pow2_block(D), pow2_block(V)
     cap = 128 if chunk_size >= 64 else max(16, 1 << (max(int(chunk_size), 1).bit_length() - 1))
     if max(BD, BV) > 128:
         cap = min(cap, 32)
@@ -246,7 +243,7 @@ class WindowSoftmaxFunction(torch.autograd.Function):
         has_meta, has_valid = meta_k is not None, valid is not None
         M = meta_k.shape[1] if has_meta else 0
         cap, BD, BV = _config(D, V, chunk_size)
-        BM = _np2(max(M, 1))
+        BM = pow2_block(max(M, 1))
         dt = q.dtype
         qf = q.reshape(B * H, T, D).contiguous()
         kf = k.to(dt).reshape(B * H, T, D).contiguous()
