@@ -9,7 +9,10 @@ Registered in lm-eval's model registry when :mod:`linearize.eval` is imported. I
   ``gguf_file=`` model arg: these are loaded through :func:`linearize.loading.load_model`
   (de-quantised to ``dtype``, float32 by default);
 * ``device`` defaults to ``cuda`` when available, else ``cpu`` (HFLM's default is ``cuda``);
-* ``backend`` defaults to ``causal`` (converted configs are not in transformers' causal-LM table).
+* ``backend`` defaults to ``causal`` (converted configs are not in transformers' causal-LM table);
+* loglikelihoods are scored a batch at a time on the device (:mod:`linearize.eval.scoring`) for the
+  Llama, Mistral and Qwen2 families, converted or not: the same numbers as ``hf``, without its
+  per-request host round trips. ``max_batch_tokens`` caps the padded tokens of one forward.
 
 Python::
 
@@ -62,16 +65,38 @@ class LinearizedLM(HFLM):
         super().__init__(pretrained=pretrained, device=device, dtype=dtype, tokenizer=tokenizer, backend=backend,
                          **kwargs)
 
-    # Rolling windows (perplexity tasks) are max_length tokens each. A batch sized for short
-    # multiple-choice requests would ask the teacher's padded SDPA for batch x max_length^2 scores
-    # (64 x 8192^2 x 9 heads: 144 GiB on the H100): cap rolling batches by tokens instead.
-    rolling_tokens_per_batch = 16384
+    # Padded tokens per forward. Rolling windows (perplexity tasks) are max_length tokens each: a
+    # batch sized for short multiple-choice requests would ask the teacher's padded SDPA for
+    # batch x max_length^2 scores (64 x 8192^2 x 9 heads: 144 GiB on the H100).
+    max_batch_tokens = 32768
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        """lm-eval's scoring, batched on the device (:mod:`linearize.eval.scoring`) where the model
+        allows it; lm-eval's own loop otherwise (``batch_size=auto``, other architectures)."""
+        from tqdm import tqdm
+
+        from . import scoring
+
+        if self.backend != "causal" or not isinstance(self.batch_size, int) or \
+                not scoring.fast_path_supported(self.model):
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        bar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running loglikelihood requests")
+        try:
+            out = scoring.score(self.model, [(ctx, cont) for _, ctx, cont in requests], max_length=self.max_length,
+                                max_rows=self.batch_size, max_tokens=self.max_batch_tokens, progress=bar.update)
+        finally:
+            bar.close()
+        for (request_str, _, _), answer in zip(requests, out):
+            if request_str is not None:
+                self.cache_hook.add_partial("loglikelihood", request_str, answer)
+        return out
 
     def rolling_batch_size(self) -> int | str:
+        """Rows per rolling batch for lm-eval's own loop, capped by ``max_batch_tokens``."""
         bs = self.batch_size_per_gpu
         if not isinstance(bs, int):
             return bs
-        return max(1, min(bs, self.rolling_tokens_per_batch // max(1, int(self.max_length))))
+        return max(1, min(bs, self.max_batch_tokens // max(1, int(self.max_length))))
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         old = self.batch_size_per_gpu

@@ -58,39 +58,74 @@ def _lls(lm, pairs=REQUESTS):
     return [ll for ll, _ in lm.loglikelihood(_instances(pairs))]
 
 
+def _results(lm, pairs=REQUESTS):
+    return lm.loglikelihood(_instances(pairs))
+
+
+# multiple choice with one-token continuations: the three share one model input
+CHOICES = [("Pick a letter:", " A"), ("Pick a letter:", " B"), ("Pick a letter:", " C")]
+
+
 def test_registered_model_matches_plain_hf(tiny_dir):
+    """Batched device scoring (eval/scoring.py) against lm-eval's own per-request loop: same
+    loglikelihoods and greedy flags, whatever the batch size; shared inputs run once."""
     from lm_eval.api.registry import get_model
 
     assert get_model("linearized") is LinearizedLM
     hf = get_model("hf")(pretrained=tiny_dir, device="cpu", dtype="float32", batch_size=1)
     ours = get_model("linearized").create_from_arg_string(f"pretrained={tiny_dir},dtype=float32", {"batch_size": 3})
     assert str(ours.device) == "cpu"
-    ref, got = _lls(hf), _lls(ours)  # batch 1 vs batch 3: padding must not change the scores
-    assert max(abs(a - b) for a, b in zip(ref, got)) < 1e-4, (ref, got)
+    pairs = REQUESTS + CHOICES
+    ref, got = _results(hf, pairs), _results(ours, pairs)  # batch 1 vs batch 3: padding must not change the scores
+    assert max(abs(a[0] - b[0]) for a, b in zip(ref, got)) < 1e-4, (ref, got)
+    assert [g for _, g in ref] == [g for _, g in got]
+    # a continuation the model does decode greedily: the flag must come out True
+    ctx, cont = REQUESTS[1]
+    c_ids, _ = ours._encode_pair(ctx, cont)
+    with torch.no_grad():
+        nxt = ours.model(torch.tensor([c_ids])).logits[0, -1].argmax().item()
+    greedy_pair = (ctx, ours.tokenizer.decode([nxt]))
+    [(_, g_ref)], [(_, g_got)] = _results(hf, [greedy_pair]), _results(ours, [greedy_pair])
+    assert ours._encode_pair(*greedy_pair)[1] == [nxt]  # the decoded text re-encodes to the same token
+    assert g_ref and g_got
+
+
+def test_scoring_batches_and_shared_rows():
+    from linearize.eval.scoring import build_rows, plan_batches
+
+    rows = build_rows([([1, 2, 3], [4]), ([1, 2, 3], [5]), ([9], [8, 7]), ([1, 2], [3, 4])], max_length=16)
+    assert [r.tokens for r in rows] == [[1, 2, 3], [9, 8]]  # longest first; three requests share [1, 2, 3]
+    # (request, position whose output predicts the first target, targets)
+    assert rows[0].targets == [(0, 2, [4]), (1, 2, [5]), (3, 1, [3, 4])] and rows[1].targets == [(2, 0, [8, 7])]
+    # truncation from the left exactly as lm-eval does: (ctx + cont)[-(max_length + 1):][:-1]
+    [r] = build_rows([(list(range(10)), [10, 11])], max_length=5)
+    assert r.tokens == [6, 7, 8, 9, 10] and r.targets == [(0, 3, [10, 11])]
+    lengths = [100, 90, 50, 50, 10, 10, 10, 3]
+    batches = plan_batches(lengths, max_rows=3, max_tokens=200)
+    assert [list(b) for b in batches] == [[0, 1], [2, 3, 4], [5, 6, 7]]
+    assert plan_batches([500], max_rows=4, max_tokens=100) == [range(0, 1)]  # one row even above the cap
+    with pytest.raises(ValueError, match="empty context"):
+        build_rows([([], [1])], max_length=8)
 
 
 def test_rolling_batches_capped_by_tokens(tiny_dir):
-    """Perplexity windows are max_length long: the rolling batch is capped so batch x max_length stays
-    within rolling_tokens_per_batch, scores do not change, and the short-request batch size is restored."""
+    """Perplexity windows are max_length long: forwards stay within max_batch_tokens, scores do not
+    change, and the short-request batch size is restored."""
     from lm_eval.api.instance import Instance
 
     lm = LinearizedLM(pretrained=tiny_dir, device="cpu", dtype="float32", batch_size=8, max_length=64)
     text = " ".join(f"word{i}" for i in range(300))
     reqs = [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0)]
     seen = []
-    orig = lm._model_call
-
-    def spy(inps, *a, **kw):
-        seen.append(inps.shape[0])
-        return orig(inps, *a, **kw)
-
-    lm._model_call = spy
+    hook = lm.model.get_decoder().register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs["input_ids"].shape), with_kwargs=True)
     uncapped = lm.loglikelihood_rolling(reqs)
-    assert max(seen) == 8 and lm.batch_size_per_gpu == 8
+    assert max(s[0] for s in seen) == 8 and lm.batch_size_per_gpu == 8
     seen.clear()
-    lm.rolling_tokens_per_batch = 128  # two windows of 64
+    lm.max_batch_tokens = 128  # two windows of 64
     capped = lm.loglikelihood_rolling(reqs)
-    assert max(seen) == 2 and len(seen) > 1 and lm.batch_size_per_gpu == 8
+    hook.remove()
+    assert max(s[0] * s[1] for s in seen) <= 128 and len(seen) > 1 and lm.batch_size_per_gpu == 8
     assert abs(capped[0] - uncapped[0]) < 1e-3
 
 

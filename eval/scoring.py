@@ -1,0 +1,116 @@
+"""Batched continuation scoring: the loglikelihood of many (context, continuation) pairs per forward.
+
+lm-eval's HF wrapper scores one request at a time after each forward: it slices the full
+``[batch, seq, vocab]`` log-softmax per request and moves a few scalars to the host for each, so a
+small model on a GPU spends most of an evaluation waiting on Python and on device syncs. This
+module does the same arithmetic per batch:
+
+* requests whose model input is identical (the choices of a multiple-choice item with one-token
+  continuations) share one row;
+* rows are packed longest first under a row cap and a padded-token cap (so 8K-token perplexity
+  windows and 100-token PIQA items both make sensible batches);
+* the LM head runs only at continuation positions, ``log p(t_i | t_<i)`` is summed per request on
+  the device, and each batch syncs once.
+
+    score(request) = sum_{i in continuation} log_softmax(W h_{i-1})[t_i],
+    greedy(request) = all_i argmax(W h_{i-1}) == t_i
+
+Inputs are built exactly as lm-eval builds them for causal models: ``(ctx + cont)[-(max_length+1):][:-1]``,
+right-padded, no attention mask (a causal model never reads the padding to its right).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Row:
+    """One model input shared by the requests that need it; ``targets``: (request, first position, tokens)."""
+
+    tokens: list[int]
+    targets: list[tuple[int, int, list[int]]]
+
+
+def build_rows(pairs: list[tuple[list[int], list[int]]], max_length: int) -> list[Row]:
+    """pairs[i] = (context tokens, continuation tokens) -> rows, longest first, identical inputs merged."""
+    rows: dict[tuple[int, ...], Row] = {}
+    for i, (ctx, cont) in enumerate(pairs):
+        if not ctx or not cont:
+            raise ValueError(f"request {i}: empty context or continuation (lm-eval adds a prefix token to empty contexts)")
+        if len(cont) > max_length:
+            raise ValueError(f"request {i}: continuation of {len(cont)} tokens exceeds max_length {max_length}")
+        whole = (ctx + cont)[-(max_length + 1):]
+        inp = tuple(whole[:-1])
+        row = rows.setdefault(inp, Row(list(inp), []))
+        row.targets.append((i, len(inp) - len(cont), whole[-len(cont):]))
+    return sorted(rows.values(), key=lambda r: -len(r.tokens))
+
+
+def plan_batches(lengths: list[int], max_rows: int, max_tokens: int) -> list[range]:
+    """Split rows (lengths sorted descending) into consecutive batches with at most ``max_rows`` rows
+    and at most ``max_tokens`` padded tokens (rows x the batch's first length); never an empty batch."""
+    out, start = [], 0
+    while start < len(lengths):
+        width = max(1, lengths[start])
+        n = max(1, min(max_rows, max_tokens // width, len(lengths) - start))
+        out.append(range(start, start + n))
+        start += n
+    return out
+
+
+def fast_path_supported(model) -> bool:
+    """True for models whose logits are ``lm_head(decoder(x).last_hidden_state)`` with nothing after
+    (the Llama, Mistral and Qwen2 families, and their linearized subclasses)."""
+    from transformers import LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
+
+    return isinstance(model, (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM))
+
+
+@torch.no_grad()
+def score(model, pairs: list[tuple[list[int], list[int]]], *, max_length: int, max_rows: int, max_tokens: int,
+          pad_id: int = 0, head_rows: int = 4096, progress=None) -> list[tuple[float, bool]]:
+    """[(sum of continuation log-probs, continuation is the greedy decode)] per pair, in input order.
+
+    model:      a causal LM for which :func:`fast_path_supported` holds.
+    max_rows:   rows per forward; max_tokens: padded tokens per forward.
+    head_rows:  continuation positions per LM-head call (bounds the fp32 ``[rows, vocab]`` buffer).
+    progress:   optional callable(n) told how many requests each batch finished.
+    """
+    device = next(model.parameters()).device
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    rows = build_rows(pairs, max_length)
+    sums = torch.zeros(len(pairs), dtype=torch.float64)
+    greedy = torch.zeros(len(pairs), dtype=torch.bool)
+    for batch in plan_batches([len(r.tokens) for r in rows], max_rows, max_tokens):
+        width = len(rows[batch.start].tokens)
+        x = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        b_idx, p_idx, tgt, req, touched = [], [], [], [], []
+        for b, r in enumerate(rows[i] for i in batch):
+            x[b, :len(r.tokens)] = torch.tensor(r.tokens)
+            for i, first, toks in r.targets:
+                b_idx += [b] * len(toks)
+                p_idx += range(first, first + len(toks))
+                tgt += toks
+                req += [len(touched)] * len(toks)
+                touched.append(i)
+        h = decoder(input_ids=x.to(device), use_cache=False).last_hidden_state
+        b_idx, p_idx, tgt, req = (torch.tensor(v, device=device) for v in (b_idx, p_idx, tgt, req))
+        lp = torch.empty(len(tgt), dtype=torch.float32, device=device)
+        hit = torch.empty(len(tgt), dtype=torch.bool, device=device)
+        for s in range(0, len(tgt), head_rows):
+            sl = slice(s, s + head_rows)
+            logits = head(h[b_idx[sl], p_idx[sl]]).float()
+            lp[sl] = logits.log_softmax(-1).gather(1, tgt[sl, None]).squeeze(1)
+            hit[sl] = logits.argmax(-1) == tgt[sl]
+        n = len(touched)
+        s_dev = torch.zeros(n, dtype=torch.float64, device=device).index_add_(0, req, lp.double())
+        miss = torch.zeros(n, dtype=torch.float64, device=device).index_add_(0, req, (~hit).double())
+        got = torch.stack([s_dev, miss]).cpu()  # the batch's one sync
+        idx = torch.tensor(touched)
+        sums[idx] = got[0]
+        greedy[idx] = got[1] == 0
+        if progress is not None:
+            progress(n)
+    return [(float(s), bool(g)) for s, g in zip(sums.tolist(), greedy.tolist())]
