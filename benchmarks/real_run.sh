@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The real conversion runs of issue 7 on the lent GPU, one phase per device call (each < 10 min).
-#   bash benchmarks/real_run.sh train METHOD [DISTILL_STEPS FINETUNE_STEPS]   both stages, no eval
-#   [RESUME=1] bash benchmarks/real_run.sh distill|finetune METHOD [DISTILL_STEPS FINETUNE_STEPS]
-#        one stage per call: the recipe's 1000 + 1000 steps took longer than one 10-minute call
-#        on the host-bound H100 (23-28K tokens/s at batch 8); keep the machine warm between calls
-#   bash benchmarks/real_run.sh eval  METHOD TASKS [extra eval args]            teacher vs student report
+#   bash benchmarks/real_run.sh train METHOD [--key=value recipe overrides]    both stages, no eval
+#   RESUME=1 bash benchmarks/real_run.sh train METHOD [...]                   continue a killed run
+#   bash benchmarks/real_run.sh eval METHOD TASKS [extra eval args]            teacher vs student report
+# Training is stopped (SIGINT, then the last checkpoint stays on the machine) before the call limit.
+# Small artifacts (the stage-1 parameters, the LoRA adapter) come back in $OUT, so a lost machine
+# loses no training. Scores are cached per checkpoint in /tmp/cache-METHOD (copied to $OUT): a
+# later eval call on the same warm machine reuses them and adds the new tasks to one report.
 # Needs benchmarks/gpu_env.sh's setup (wheels, GGUF in /tmp/m, eval data, /tmp/corpus/smollm2-20m.npy).
 set -uo pipefail
 source benchmarks/gpu_env.sh
@@ -12,25 +14,23 @@ phase=$1; method=$2; shift 2
 R=/tmp/run-$method
 case $phase in
 train)
-  ds=${1:-1000}; fs=${2:-1000}
-  python3 -m linearize run recipes/smollm2-135m-$method.yaml --data.token_file=/tmp/corpus/smollm2-20m.npy \
-      --distill.steps=$ds --finetune.steps=$fs --eval.tasks=[] --output_dir=$R > $OUT/train_$method.log 2>&1
-  echo "rc=$?"; tail -c 1500 $OUT/train_$method.log
-  for s in distill finetune; do
-    cp $R/$s/metrics.jsonl $OUT/${s}_metrics_$method.jsonl 2>/dev/null
-    [ -n "${KEEP_PNG-}" ] && cp $R/$s/loss.png $OUT/${s}_loss_$method.png 2>/dev/null
-  done ;;
-distill|finetune)
-  ds=${1:-1000}; fs=${2:-1000}
-  python3 -m linearize $phase ${RESUME:+--resume} recipes/smollm2-135m-$method.yaml --data.token_file=/tmp/corpus/smollm2-20m.npy \
-      --distill.steps=$ds --finetune.steps=$fs --eval.tasks=[] --output_dir=$R >> $OUT/${phase}_$method.log 2>&1
-  echo "rc=$?"; tail -c 1500 $OUT/${phase}_$method.log
-  cp $R/$phase/metrics.jsonl $OUT/${phase}_metrics_$method.jsonl 2>/dev/null ;;
+  t0=$(date +%s)
+  timeout -s INT ${TRAIN_LIMIT_S:-540} python3 -m linearize run ${RESUME:+--resume} recipes/smollm2-135m-$method.yaml \
+      --data.token_file=/tmp/corpus/smollm2-20m.npy --eval.tasks=[] --output_dir=$R "$@" >> $OUT/train_$method.log 2>&1
+  echo "rc=$? wall_s=$(( $(date +%s) - t0 ))"; tail -c 1500 $OUT/train_$method.log
+  for s in distill finetune; do cp $R/$s/metrics.jsonl $OUT/${s}_metrics_$method.jsonl 2>/dev/null; done
+  cp $R/distill/linear_attention.pt $OUT/linear_attention_$method.pt 2>/dev/null
+  cp $R/adapter/adapter_model.safetensors $OUT/adapter_$method.safetensors 2>/dev/null
+  cp $R/adapter/adapter_config.json $OUT/adapter_config_$method.json 2>/dev/null ;;
 eval)
   tasks=$1; shift
+  t0=$(date +%s)
   python3 -m linearize eval --teacher smollm2-135m --student $R/merged --tasks "$tasks" --device cuda \
-      --batch-size 64 --out $R/eval "$@" > $OUT/eval_$method.log 2>&1
-  echo "rc=$?"; tail -c 3000 $OUT/eval_$method.log
+      --dtype bfloat16 --batch-size ${EVAL_BS:-256} --cache-dir /tmp/cache-$method --out $R/eval "$@" \
+      >> $OUT/eval_$method.log 2>&1
+  echo "rc=$? wall_s=$(( $(date +%s) - t0 ))"; tail -c 3000 $OUT/eval_$method.log
   cp $R/eval/report.md $OUT/report_$method.md; cp $R/eval/report.json $OUT/report_$method.json
+  mkdir -p $OUT/cache-$method && cp /tmp/cache-$method/*.json $OUT/cache-$method/ 2>/dev/null
   [ -n "${KEEP_PNG-}" ] && cp $R/eval/report.png $OUT/report_$method.png 2>/dev/null ;;
+*) echo "unknown phase $phase (train | eval)"; exit 2 ;;
 esac
