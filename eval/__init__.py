@@ -9,8 +9,10 @@ Modules: ``datadir`` (where data lives), ``loaders`` (local files -> hub schema)
 names and ``@k`` few-shot specs, TaskManager), ``official`` (lm-eval's own tasks on local files),
 ``harness`` (lm-eval model), ``probes`` (MQAR / passkey), ``perplexity``, ``block_perplexity``
 (token perplexity at a fixed context), ``window_share`` (scored tokens beyond a sliding window),
-``compat`` (tokenizer check), ``report``, ``cli``.
+``compat`` (tokenizer check), ``template_cache`` (lm-eval's prompt templates compiled once; installed
+on import), ``scoring`` (batched loglikelihoods), ``report``, ``cli``.
 """
+from . import template_cache
 from .block_perplexity import block_perplexity
 from .compat import TokenizerMismatch, check_same_tokenizer
 from .datadir import DataFileMissing, resolve_data_dir
@@ -19,6 +21,8 @@ from .probes import ProbeConfig, run_probes
 from .report import run_report
 from .suite import SUITE, TASKS_DIR, BadTaskSpec, TaskSpec, UnknownTask, resolve_tasks, task_manager
 from .window_share import beyond_window_share
+
+template_cache.install()
 
 __all__ = [
     "LinearizedLM", "ProbeConfig", "run_probes", "run_report", "SUITE", "TASKS_DIR", "TaskSpec",

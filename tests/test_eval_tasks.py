@@ -107,3 +107,24 @@ def test_missing_data_file_is_named(tmp_path, mini_data):
         load_piqa(tmp_path)
     with pytest.raises(DataFileMissing, match=r"copa/val\.jsonl"):
         task_manager(tmp_path).load(["local_copa"])
+
+
+def test_templates_compiled_once_and_render_the_same():
+    """linearize.eval installs a compiled-template cache into lm-eval: same text, one compile per template."""
+    import lm_eval.utils as lm_utils
+
+    import linearize.eval  # noqa: F401  (installs the cache)
+
+    doc = {"question": "Why?", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "B"}
+    templates = ["Question: {{question}}\nAnswer:", "{{choices.label.index(answerKey)}}", "{{choices.text}}"]
+    for t in templates:
+        assert lm_utils.apply_template(t, doc) == lm_utils.env.from_string(t).render(**doc)
+    calls = []
+    orig = lm_utils.env.from_string
+    lm_utils.env.from_string = lambda s: calls.append(s) or orig(s)
+    try:
+        fresh = "{{question}} (fresh template {{answerKey}})"
+        out = [lm_utils.apply_template(fresh, doc) for _ in range(5)]
+    finally:
+        lm_utils.env.from_string = orig
+    assert out == ["Why? (fresh template B)"] * 5 and calls == [fresh]
