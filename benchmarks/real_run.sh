@@ -2,6 +2,8 @@
 # The real conversion runs of issue 7 on the lent GPU, one phase per device call (each < 10 min).
 #   bash benchmarks/real_run.sh train METHOD [--key=value recipe overrides]    both stages, no eval
 #   RESUME=1 bash benchmarks/real_run.sh train METHOD [...]                   continue a killed run
+#   bash benchmarks/real_run.sh restore METHOD      rebuild /tmp/run-METHOD/merged from .carry/METHOD_run/
+#        (the artifacts an earlier train call brought back) on a fresh machine
 #   bash benchmarks/real_run.sh eval METHOD TASKS [extra eval args]            teacher vs student report
 # Training is stopped (SIGINT, then the last checkpoint stays on the machine) before the call limit.
 # Small artifacts (the stage-1 parameters, the LoRA adapter) come back in $OUT, so a lost machine
@@ -22,6 +24,12 @@ train)
   cp $R/distill/linear_attention.pt $OUT/linear_attention_$method.pt 2>/dev/null
   cp $R/adapter/adapter_model.safetensors $OUT/adapter_$method.safetensors 2>/dev/null
   cp $R/adapter/adapter_config.json $OUT/adapter_config_$method.json 2>/dev/null ;;
+restore)
+  mkdir -p $R/distill $R/adapter
+  cp .carry/${method}_run/linear_attention_$method.pt $R/distill/linear_attention.pt
+  cp .carry/${method}_run/adapter_$method.safetensors $R/adapter/adapter_model.safetensors
+  cp .carry/${method}_run/adapter_config_$method.json $R/adapter/adapter_config.json
+  python3 benchmarks/rebuild_student.py recipes/smollm2-135m-$method.yaml $R 2>&1 | tail -1 ;;
 eval)
   tasks=$1; shift
   t0=$(date +%s)
@@ -32,5 +40,5 @@ eval)
   cp $R/eval/report.md $OUT/report_$method.md; cp $R/eval/report.json $OUT/report_$method.json
   mkdir -p $OUT/cache-$method && cp /tmp/cache-$method/*.json $OUT/cache-$method/ 2>/dev/null
   [ -n "${KEEP_PNG-}" ] && cp $R/eval/report.png $OUT/report_$method.png 2>/dev/null ;;
-*) echo "unknown phase $phase (train | eval)"; exit 2 ;;
+*) echo "unknown phase $phase (train | restore | eval)"; exit 2 ;;
 esac

@@ -69,6 +69,7 @@ class LinearizedLM(HFLM):
     # batch sized for short multiple-choice requests would ask the teacher's padded SDPA for
     # batch x max_length^2 scores (64 x 8192^2 x 9 heads: 144 GiB on the H100).
     max_batch_tokens = 32768
+    cuda_graphs = True  # replay the decoder from CUDA graphs when scoring on a GPU (eval/scoring.py)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
         """lm-eval's scoring, batched on the device (:mod:`linearize.eval.scoring`) where the model
@@ -83,7 +84,8 @@ class LinearizedLM(HFLM):
         bar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running loglikelihood requests")
         try:
             out = scoring.score(self.model, [(ctx, cont) for _, ctx, cont in requests], max_length=self.max_length,
-                                max_rows=self.batch_size, max_tokens=self.max_batch_tokens, progress=bar.update)
+                                max_rows=self.batch_size, max_tokens=self.max_batch_tokens, progress=bar.update,
+                                cuda_graphs=self.cuda_graphs and self.device.type == "cuda")
         finally:
             bar.close()
         for (request_str, _, _), answer in zip(requests, out):

@@ -10,7 +10,11 @@ module does the same arithmetic per batch:
 * rows are packed longest first under a row cap and a padded-token cap (so 8K-token perplexity
   windows and 100-token PIQA items both make sensible batches);
 * the LM head runs only at continuation positions, ``log p(t_i | t_<i)`` is summed per request on
-  the device, and each batch syncs once.
+  the device, and each batch syncs once;
+* on CUDA the decoder forward is replayed from a CUDA graph, one per padded shape: widths are
+  rounded up to a few buckets and every batch of a bucket has the same row count, so a converted
+  model's hundreds of small launches per layer cost one launch per batch (padding to the right of
+  a causal model changes nothing before it).
 
     score(request) = sum_{i in continuation} log_softmax(W h_{i-1})[t_i],
     greedy(request) = all_i argmax(W h_{i-1}) == t_i
@@ -60,6 +64,68 @@ def plan_batches(lengths: list[int], max_rows: int, max_tokens: int) -> list[ran
     return out
 
 
+def bucket_width(T: int) -> int:
+    """Padded width for CUDA-graph shapes: multiples of 64 up to 1K, of 256 up to 4K, then of 1K."""
+    q = 64 if T <= 1024 else 256 if T <= 4096 else 1024
+    return -(-T // q) * q
+
+
+def rows_for(width: int, max_rows: int, max_tokens: int) -> int:
+    return max(1, min(max_rows, max_tokens // max(1, width)))
+
+
+class DecoderRunner:
+    """``[B, T]`` token ids -> the decoder's last hidden state ``[B, T, hidden]``.
+
+    With ``graphs`` (CUDA only) each new input shape is run twice eagerly on a side stream (torch.compile
+    and Triton compile there), then captured; later batches of that shape copy their ids into the
+    static input and replay. All graphs share one memory pool: a batch's output is consumed before the
+    next replay. If a capture fails the runner says why and stays eager.
+    """
+
+    def __init__(self, decoder, graphs: bool):
+        self.decoder, self.graphs = decoder, graphs
+        self._captured: dict[tuple[int, int], tuple] = {}
+        self._pool = None
+
+    def eager(self, x):
+        return self.decoder(input_ids=x, use_cache=False).last_hidden_state
+
+    def __call__(self, x):
+        if not self.graphs:
+            return self.eager(x)
+        key = tuple(x.shape)
+        if key not in self._captured:
+            try:
+                self._captured[key] = self._capture(x)
+            except Exception as e:  # noqa: BLE001 - any capture failure: keep scoring, eagerly
+                import warnings
+
+                warnings.warn(f"CUDA graph capture of the decoder failed ({type(e).__name__}: {e}); scoring eagerly")
+                self.graphs = False
+                torch.cuda.synchronize()
+                return self.eager(x)
+        static_x, static_h, graph = self._captured[key]
+        static_x.copy_(x)
+        graph.replay()
+        return static_h
+
+    def _capture(self, x):
+        static_x = x.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.eager(static_x)
+        torch.cuda.current_stream().wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            static_h = self.eager(static_x)
+        return static_x, static_h, graph
+
+
 def fast_path_supported(model) -> bool:
     """True for models whose logits are ``lm_head(decoder(x).last_hidden_state)`` with nothing after
     (the Llama, Mistral and Qwen2 families, and their linearized subclasses)."""
@@ -70,22 +136,31 @@ def fast_path_supported(model) -> bool:
 
 @torch.no_grad()
 def score(model, pairs: list[tuple[list[int], list[int]]], *, max_length: int, max_rows: int, max_tokens: int,
-          pad_id: int = 0, head_rows: int = 4096, progress=None) -> list[tuple[float, bool]]:
+          pad_id: int = 0, head_rows: int = 4096, progress=None, cuda_graphs: bool | None = None,
+          pad_shapes: bool | None = None) -> list[tuple[float, bool]]:
     """[(sum of continuation log-probs, continuation is the greedy decode)] per pair, in input order.
 
     model:      a causal LM for which :func:`fast_path_supported` holds.
     max_rows:   rows per forward; max_tokens: padded tokens per forward.
     head_rows:  continuation positions per LM-head call (bounds the fp32 ``[rows, vocab]`` buffer).
     progress:   optional callable(n) told how many requests each batch finished.
+    cuda_graphs: replay the decoder from CUDA graphs (default: on CUDA devices).
+    pad_shapes: bucket widths and fill every batch to its bucket's row count (default: with graphs).
     """
     device = next(model.parameters()).device
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    if cuda_graphs is None:
+        cuda_graphs = device.type == "cuda"
+    pad_shapes = cuda_graphs if pad_shapes is None else pad_shapes
+    runner = DecoderRunner(model.get_decoder(), graphs=cuda_graphs and device.type == "cuda")
+    head = model.get_output_embeddings()
     rows = build_rows(pairs, max_length)
     sums = torch.zeros(len(pairs), dtype=torch.float64)
     greedy = torch.zeros(len(pairs), dtype=torch.bool)
-    for batch in plan_batches([len(r.tokens) for r in rows], max_rows, max_tokens):
-        width = len(rows[batch.start].tokens)
-        x = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    lengths = [bucket_width(len(r.tokens)) if pad_shapes else len(r.tokens) for r in rows]
+    for batch in plan_batches(lengths, max_rows, max_tokens):
+        width = lengths[batch.start]
+        n_rows = rows_for(width, max_rows, max_tokens) if pad_shapes else len(batch)
+        x = torch.full((n_rows, width), pad_id, dtype=torch.long)
         b_idx, p_idx, tgt, req, touched = [], [], [], [], []
         for b, r in enumerate(rows[i] for i in batch):
             x[b, :len(r.tokens)] = torch.tensor(r.tokens)
@@ -95,7 +170,7 @@ def score(model, pairs: list[tuple[list[int], list[int]]], *, max_length: int, m
                 tgt += toks
                 req += [len(touched)] * len(toks)
                 touched.append(i)
-        h = decoder(input_ids=x.to(device), use_cache=False).last_hidden_state
+        h = runner(x.to(device))
         b_idx, p_idx, tgt, req = (torch.tensor(v, device=device) for v in (b_idx, p_idx, tgt, req))
         lp = torch.empty(len(tgt), dtype=torch.float32, device=device)
         hit = torch.empty(len(tgt), dtype=torch.bool, device=device)

@@ -108,6 +108,30 @@ def test_scoring_batches_and_shared_rows():
         build_rows([([], [1])], max_length=8)
 
 
+@pytest.mark.parametrize("method", [None, "lizard", "hedgehog"])
+def test_padded_shapes_score_the_same(tiny_dir, tok, method):
+    """CUDA-graph shapes (widths rounded up to buckets, batches filled with padding rows) leave every
+    score as it was: padding sits to the right of a causal model's real tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from linearize.eval.scoring import bucket_width, score
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    if method:
+        from linearize import LinearizeConfig, convert
+
+        torch.manual_seed(1)
+        model = convert(model, LinearizeConfig(method=method, window=8, chunk_size=16)).eval()
+        for p in linearize.new_parameters(model):  # non-trivial feature maps and gates
+            p[1].data.normal_(0, 0.3)
+    pairs = [(tok(c)["input_ids"], tok(x)["input_ids"]) for c, x in REQUESTS + CHOICES]
+    plain = score(model, pairs, max_length=1024, max_rows=3, max_tokens=10_000, pad_shapes=False)
+    padded = score(model, pairs, max_length=1024, max_rows=3, max_tokens=10_000, pad_shapes=True)
+    assert max(abs(a[0] - b[0]) for a, b in zip(plain, padded)) < 1e-4, (plain, padded)
+    assert [g for _, g in plain] == [g for _, g in padded]
+    assert [bucket_width(t) for t in (1, 64, 65, 1024, 1025, 4097)] == [64, 64, 128, 1024, 1280, 5120]
+
+
 def test_rolling_batches_capped_by_tokens(tiny_dir):
     """Perplexity windows are max_length long: forwards stay within max_batch_tokens, scores do not
     change, and the short-request batch size is restored."""
