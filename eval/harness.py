@@ -12,7 +12,8 @@ Registered in lm-eval's model registry when :mod:`linearize.eval` is imported. I
 * ``backend`` defaults to ``causal`` (converted configs are not in transformers' causal-LM table);
 * loglikelihoods are scored a batch at a time on the device (:mod:`linearize.eval.scoring`) for the
   Llama, Mistral and Qwen2 families, converted or not: the same numbers as ``hf``, without its
-  per-request host round trips. ``max_batch_tokens`` caps the padded tokens of one forward.
+  per-request host round trips. ``max_batch_tokens`` caps the padded tokens of one forward;
+* the requests' strings are tokenised in batches before lm-eval's per-request loop asks for them.
 
 Python::
 
@@ -71,6 +72,48 @@ class LinearizedLM(HFLM):
     max_batch_tokens = 32768
     cuda_graphs = True  # replay the decoder from CUDA graphs when scoring on a GPU (eval/scoring.py)
 
+    # -- tokenisation: lm-eval encodes every request's context and context + continuation one string
+    # at a time (3 min for MMLU 5-shot's 56K requests on the H100 machine's CPU); here the strings
+    # its loop will ask for are encoded in batches first, and ``tok_encode`` serves them.
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        self._encodings = {}
+        try:
+            self.prime_encodings(_pair_strings(req.args for req in requests))
+        except ImportError:  # an lm-eval without these helpers: encode one by one, as it does
+            pass
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+
+    def prime_encodings(self, strings) -> None:
+        """Encode ``[(text, add_special_tokens or None)]`` in batches, exactly as ``tok_encode`` would."""
+        from array import array
+
+        from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
+
+        bos = self.tokenizer.decode(self.prefix_token_id)
+        groups: dict[bool | None, list[str]] = {}
+        for text, add in dict.fromkeys(strings):
+            kw = _add_special_kwargs(add, self.add_bos_token)
+            if add is None and has_bos_prefix(text, bos):
+                kw["add_special_tokens"] = False
+            groups.setdefault(kw.get("add_special_tokens"), []).append((text, add))
+        cache = self.__dict__.setdefault("_encodings", {})
+        for flag, items in groups.items():
+            kw = {} if flag is None else {"add_special_tokens": flag}
+            for i in range(0, len(items), 4096):
+                chunk = items[i:i + 4096]
+                ids = self.tokenizer([t for t, _ in chunk], **kw)["input_ids"]
+                for key, enc in zip(chunk, ids):
+                    cache[key] = array("i", enc)  # 4 bytes a token, not a Python int object each
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None,
+                   **kwargs):
+        hit = self.__dict__.get("_encodings", {}).get((string, add_special_tokens))
+        if hit is None or kwargs:
+            return super().tok_encode(string, add_special_tokens=add_special_tokens,
+                                      left_truncate_len=left_truncate_len, **kwargs)
+        enc = hit.tolist()
+        return enc[-left_truncate_len:] if left_truncate_len else enc
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
         """lm-eval's scoring, batched on the device (:mod:`linearize.eval.scoring`) where the model
         allows it; lm-eval's own loop otherwise (``batch_size=auto``, other architectures)."""
@@ -107,6 +150,21 @@ class LinearizedLM(HFLM):
             return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
         finally:
             self.batch_size_per_gpu = old
+
+
+def _pair_strings(pairs):
+    """The (text, add_special_tokens) strings lm-eval's ``loglikelihood`` encodes for (context, continuation)
+    pairs: ``_encode_pair`` (trailing spaces of the context moved to the continuation) or, for an
+    empty context, the continuation alone without special tokens."""
+    for context, continuation in pairs:
+        if context == "":
+            yield continuation, False
+            continue
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:
+            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+        yield context + continuation, None
+        yield context, None
 
 
 if MODEL_NAME not in model_registry:

@@ -247,3 +247,25 @@ def test_piqa_on_smollm2(tmp_path):
     assert 0.5 <= accs[0] <= 0.8, accs
     assert accs[0] == accs[1]
     assert not math.isnan(res["results"]["local_piqa"]["acc_norm,none"])
+
+
+def test_batched_tokenisation_matches_lm_eval(tiny_dir):
+    """The strings primed in batches encode exactly as lm-eval's one-at-a-time tok_encode / _encode_pair."""
+    from lm_eval.models.huggingface import HFLM
+
+    ours = LinearizedLM(pretrained=tiny_dir, device="cpu", dtype="float32", batch_size=4)
+    pairs = REQUESTS + CHOICES + [("Trailing spaces  ", "then words"), ("", " empty context"),
+                                  ("<|im_start|>user already starts with a special token", " ok"), ("Ünïcödé テスト", " ✓")]
+    plain = [HFLM._encode_pair(ours, c, x) if c else ours.tok_encode(x, add_special_tokens=False) for c, x in pairs]
+    from linearize.eval.harness import _pair_strings
+
+    ours._encodings = {}
+    ours.prime_encodings(_pair_strings(pairs))
+    assert len(ours._encodings) >= len(pairs)
+    encode = ours.tokenizer.encode
+    ours.tokenizer.encode = lambda *a, **k: pytest.fail("a primed string was encoded again")
+    try:
+        served = [ours._encode_pair(c, x) if c else ours.tok_encode(x, add_special_tokens=False) for c, x in pairs]
+    finally:
+        ours.tokenizer.encode = encode
+    assert served == plain

@@ -58,6 +58,10 @@ def padding_from_mask(attention_mask, T):
         valid = row if row.dtype == torch.bool else row == 0
     else:
         raise ValueError(f"unexpected attention_mask shape {tuple(attention_mask.shape)}")
+    if valid.is_cuda and torch.cuda.is_current_stream_capturing():
+        # HF materialises the causal mask while a CUDA graph is captured; checking it would sync
+        # the host (not allowed in a capture), and an all-real mask gives the same result
+        return valid
     return None if bool(valid.all()) else valid
 
 
