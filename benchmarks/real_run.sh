@@ -8,7 +8,8 @@
 # Training is stopped (SIGINT, then the last checkpoint stays on the machine) before the call limit.
 # Small artifacts (the stage-1 parameters, the LoRA adapter) come back in $OUT, so a lost machine
 # loses no training. Scores are cached per checkpoint in /tmp/cache-METHOD (copied to $OUT): a
-# later eval call on the same warm machine reuses them and adds the new tasks to one report.
+# later eval call on the same warm machine reuses them and adds the new tasks to one report; the
+# teacher's committed caches (benchmarks/*/cache/) seed it, so the teacher is scored once.
 # Needs benchmarks/gpu_env.sh's setup (wheels, GGUF in /tmp/m, eval data, /tmp/corpus/smollm2-20m.npy).
 set -uo pipefail
 source benchmarks/gpu_env.sh
@@ -32,6 +33,9 @@ restore)
   python3 benchmarks/rebuild_student.py recipes/smollm2-135m-$method.yaml $R 2>&1 | tail -1 ;;
 eval)
   tasks=$1; shift
+  # the teacher's scores from earlier sessions (its cache key is the alias plus the settings, so only
+  # scores under the same limit, seed, window and dtype are reused); the student is always scored
+  mkdir -p /tmp/cache-$method && cp -n benchmarks/*/cache/smollm2-135m-*.json /tmp/cache-$method/ 2>/dev/null
   t0=$(date +%s)
   python3 -m linearize eval --teacher smollm2-135m --student $R/merged --tasks "$tasks" --device cuda \
       --dtype bfloat16 --batch-size ${EVAL_BS:-256} --cache-dir /tmp/cache-$method --out $R/eval "$@" \
