@@ -30,7 +30,7 @@ restore)
   cp .carry/${method}_run/linear_attention_$method.pt $R/distill/linear_attention.pt
   cp .carry/${method}_run/adapter_$method.safetensors $R/adapter/adapter_model.safetensors
   cp .carry/${method}_run/adapter_config_$method.json $R/adapter/adapter_config.json
-  python3 benchmarks/rebuild_student.py recipes/smollm2-135m-$method.yaml $R 2>&1 | tail -1 ;;
+  python3 -m linearize merge recipes/smollm2-135m-$method.yaml --output_dir=$R 2>&1 | tail -1 ;;
 eval)
   tasks=$1; shift
   # the teacher's scores from earlier sessions (its cache key is the alias plus the settings, so only

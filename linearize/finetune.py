@@ -149,6 +149,27 @@ def rebuild_peft(cfg: RunConfig, trainable: dict[str, torch.Tensor]):
     return pm
 
 
+def merge_from_artifacts(cfg: RunConfig) -> str:
+    """Write ``<output_dir>/merged`` from a finished run's small artifacts alone: the teacher converted
+    with the recipe, stage 1's ``distill/linear_attention.pt`` loaded, the PEFT ``adapter/`` merged in.
+    For a machine that has the artifacts but not the merged model (it is 4x the adapter's size in fp32)."""
+    from peft import PeftModel
+
+    from .attention_transfer import ARTIFACT, load_new_params
+    from .training import load_converted
+
+    adapter = os.path.join(cfg.output_dir, "adapter")
+    if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
+        raise FileNotFoundError(f"no PEFT adapter in {adapter} (run `finetune` first)")
+    model, tok = load_converted(cfg)
+    load_new_params(model, os.path.join(cfg.output_dir, "distill", ARTIFACT))
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    out = os.path.join(cfg.output_dir, "merged")
+    merged.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 def save_outputs(peft_model, tokenizer, cfg: RunConfig) -> dict[str, str]:
     """Adapter the PEFT way; merged model via ``merge_and_unload`` + ``save_pretrained``."""
     paths = {"adapter": os.path.join(cfg.output_dir, "adapter")}

@@ -4,6 +4,8 @@
     python -m linearize finetune RECIPE [--key=value ...] [--resume]   stage 2 (needs stage 1's output)
     python -m linearize run      RECIPE [--key=value ...] [--resume]   convert -> distill -> finetune
                                                                        -> save -> eval report
+    python -m linearize merge    RECIPE [--key=value ...]              <output_dir>/merged from the
+                                                                       stage-1 parameters + adapter
 
 Overrides are dotted recipe keys (``--distill.lr=1e-3 --data.seq_len=512``); an unknown key is
 refused with the nearest valid one. The resolved recipe is saved as ``<output_dir>/recipe.yaml``.
@@ -30,11 +32,12 @@ HELP = {
     "distill": "stage 1: attention transfer (train only the new linear-attention parameters)",
     "finetune": "stage 2: LoRA fine-tuning of the linearized model (loads stage 1's parameters)",
     "run": "convert -> distill -> finetune -> save, then the eval report if the recipe lists tasks",
+    "merge": "rebuild <output_dir>/merged from distill/linear_attention.pt and adapter/ (no training)",
 }
 
 
 def add_train_parsers(subparsers) -> None:
-    """Add ``distill``, ``finetune`` and ``run`` to an argparse sub-parsers object.
+    """Add ``distill``, ``finetune``, ``run`` and ``merge`` to an argparse sub-parsers object.
 
     Recipe overrides are collected by a REMAINDER argument, so the main parser needs no
     ``parse_known_args``; ``args.func(args)`` runs the command and returns an exit code.
@@ -90,6 +93,15 @@ def _dispatch(args) -> int:
         return 2
     from .training import CheckpointMismatchError
 
+    if args.command == "merge":
+        from .finetune import merge_from_artifacts
+
+        try:
+            _say(f"[merge] merged model -> {merge_from_artifacts(cfg)}")
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     fn = {"distill": cmd_distill, "finetune": cmd_finetune, "run": cmd_run}[args.command]
     try:
         fn(cfg, resume=resume, max_steps=max_steps)

@@ -80,6 +80,18 @@ def test_two_stages_on_tiny_smoke(tmp_path, text_path):
     assert saved and all("lora_" in n for n in saved)
     assert os.path.isfile(tmp_path / "merged" / "config.json") and os.path.isfile(tmp_path / "finetune" / "loss.png")
 
+    # `linearize merge`: the same merged model from the small artifacts alone
+    from safetensors.torch import load_file as load_st
+
+    from linearize.train_cli import main as cli_main
+
+    first = load_st(str(tmp_path / "merged" / "model.safetensors"))
+    os.remove(tmp_path / "merged" / "model.safetensors")
+    assert cli_main(["merge", SMOKE, f"--output_dir={tmp_path}", f"--data.path={text_path}"]) == 0
+    again = load_st(str(tmp_path / "merged" / "model.safetensors"))
+    assert first.keys() == again.keys() and max((first[k] - again[k]).abs().max().item() for k in first) < 1e-6
+    assert cli_main(["merge", SMOKE, f"--output_dir={tmp_path / 'nothing'}", f"--data.path={text_path}"]) == 2
+
 
 def test_stage2_changes_only_lora(tmp_path, text_path):
     from linearize.finetune import add_lora, make_finetune_loss
