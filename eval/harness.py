@@ -90,7 +90,7 @@ class LinearizedLM(HFLM):
         from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
 
         bos = self.tokenizer.decode(self.prefix_token_id)
-        groups: dict[bool | None, list[str]] = {}
+        groups: dict[bool | None, list[tuple[str, bool | None]]] = {}
         for text, add in dict.fromkeys(strings):
             kw = _add_special_kwargs(add, self.add_bos_token)
             if add is None and has_bos_prefix(text, bos):

@@ -15,6 +15,7 @@ Writes ``<output_dir>/finetune/`` (metrics, loss.png, checkpoint), ``<output_dir
 from __future__ import annotations
 
 import os
+import shutil
 from contextlib import ExitStack
 from typing import Optional
 
@@ -152,7 +153,8 @@ def rebuild_peft(cfg: RunConfig, trainable: dict[str, torch.Tensor]):
 def merge_from_artifacts(cfg: RunConfig) -> str:
     """Write ``<output_dir>/merged`` from a finished run's small artifacts alone: the teacher converted
     with the recipe, stage 1's ``distill/linear_attention.pt`` loaded, the PEFT ``adapter/`` merged in.
-    For a machine that has the artifacts but not the merged model (it is 4x the adapter's size in fp32)."""
+    For a machine that has the artifacts but not the merged model (hundreds of times their size).
+    Written beside ``merged`` and renamed into place, so an interrupted merge leaves no half model."""
     from peft import PeftModel
 
     from .attention_transfer import ARTIFACT, load_new_params
@@ -165,8 +167,12 @@ def merge_from_artifacts(cfg: RunConfig) -> str:
     load_new_params(model, os.path.join(cfg.output_dir, "distill", ARTIFACT))
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     out = os.path.join(cfg.output_dir, "merged")
-    merged.save_pretrained(out)
-    tok.save_pretrained(out)
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
     return out
 
 
