@@ -10,15 +10,18 @@
 # loses no training. Scores are cached per checkpoint in /tmp/cache-METHOD (copied to $OUT): a
 # later eval call on the same warm machine reuses them and adds the new tasks to one report; the
 # teacher's committed caches (benchmarks/*/cache/) seed it, so the teacher is scored once.
+# METHOD names the run (/tmp/run-METHOD, the files in $OUT) and its recipe,
+# recipes/smollm2-135m-METHOD.yaml, unless RECIPE=path says otherwise (benchmarks/ablate.sh does).
 # Needs benchmarks/gpu_env.sh's setup (wheels, GGUF in /tmp/m, eval data, /tmp/corpus/smollm2-20m.npy).
 set -uo pipefail
 source benchmarks/gpu_env.sh
 phase=$1; method=$2; shift 2
 R=/tmp/run-$method
+recipe=${RECIPE:-recipes/smollm2-135m-$method.yaml}
 case $phase in
 train)
   t0=$(date +%s)
-  timeout -s INT ${TRAIN_LIMIT_S:-540} python3 -m linearize run ${RESUME:+--resume} recipes/smollm2-135m-$method.yaml \
+  timeout -s INT ${TRAIN_LIMIT_S:-540} python3 -m linearize run ${RESUME:+--resume} $recipe \
       --data.token_file=/tmp/corpus/smollm2-20m.npy --eval.tasks=[] --output_dir=$R "$@" >> $OUT/train_$method.log 2>&1
   echo "rc=$? wall_s=$(( $(date +%s) - t0 ))"; tail -c 1500 $OUT/train_$method.log
   for s in distill finetune; do cp $R/$s/metrics.jsonl $OUT/${s}_metrics_$method.jsonl 2>/dev/null; done
@@ -30,7 +33,7 @@ restore)
   cp .carry/${method}_run/linear_attention_$method.pt $R/distill/linear_attention.pt
   cp .carry/${method}_run/adapter_$method.safetensors $R/adapter/adapter_model.safetensors
   cp .carry/${method}_run/adapter_config_$method.json $R/adapter/adapter_config.json
-  python3 -m linearize merge recipes/smollm2-135m-$method.yaml --output_dir=$R 2>&1 | tail -1 ;;
+  python3 -m linearize merge $recipe --output_dir=$R 2>&1 | tail -1 ;;
 eval)
   tasks=$1; shift
   # the teacher's scores from earlier sessions (its cache key is the alias plus the settings, so only

@@ -156,13 +156,13 @@ def _pair_strings(pairs):
     """The (text, add_special_tokens) strings lm-eval's ``loglikelihood`` encodes for (context, continuation)
     pairs: ``_encode_pair`` (trailing spaces of the context moved to the continuation) or, for an
     empty context, the continuation alone without special tokens."""
+    from .window_share import move_trailing_space
+
     for context, continuation in pairs:
         if context == "":
             yield continuation, False
             continue
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces:
-            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+        context, continuation = move_trailing_space(context, continuation)
         yield context + continuation, None
         yield context, None
 

@@ -52,13 +52,17 @@ def build_rows(pairs: list[tuple[list[int], list[int]]], max_length: int) -> lis
     return sorted(rows.values(), key=lambda r: -len(r.tokens))
 
 
+def rows_for(width: int, max_rows: int, max_tokens: int) -> int:
+    """Rows of ``width`` padded tokens that fit a batch: at most ``max_rows`` and ``max_tokens``, at least 1."""
+    return max(1, min(max_rows, max_tokens // max(1, width)))
+
+
 def plan_batches(lengths: list[int], max_rows: int, max_tokens: int) -> list[range]:
     """Split rows (lengths sorted descending) into consecutive batches with at most ``max_rows`` rows
     and at most ``max_tokens`` padded tokens (rows x the batch's first length); never an empty batch."""
     out, start = [], 0
     while start < len(lengths):
-        width = max(1, lengths[start])
-        n = max(1, min(max_rows, max_tokens // width, len(lengths) - start))
+        n = min(rows_for(lengths[start], max_rows, max_tokens), len(lengths) - start)
         out.append(range(start, start + n))
         start += n
     return out
@@ -70,8 +74,6 @@ def bucket_width(T: int) -> int:
     return -(-T // q) * q
 
 
-def rows_for(width: int, max_rows: int, max_tokens: int) -> int:
-    return max(1, min(max_rows, max_tokens // max(1, width)))
 
 
 class DecoderRunner:

@@ -27,6 +27,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
+def move_trailing_space(context: str, continuation: str) -> tuple[str, str]:
+    """lm-eval's ``_encode_pair``: trailing whitespace of the context starts the continuation instead."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        return context[:-n_spaces], context[-n_spaces:] + continuation
+    return context, continuation
+
+
 class RequestPositions:
     """Positions of scored tokens in the sequences an lm-eval model feeds itself.
 
@@ -54,10 +62,7 @@ class RequestPositions:
             cont = self.encode(continuation, add_special_tokens=False)
             n_ctx, n_cont = (1, len(cont)) if self.prefix != cont[0] else (1, len(cont) - 1)
         else:  # HFLM._encode_pair (causal)
-            n_spaces = len(context) - len(context.rstrip())
-            if n_spaces:
-                continuation = context[-n_spaces:] + continuation
-                context = context[:-n_spaces]
+            context, continuation = move_trailing_space(context, continuation)
             whole = self.encode(context + continuation)
             n_ctx = len(self.encode(context))
             n_cont = len(whole) - n_ctx

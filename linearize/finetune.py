@@ -140,52 +140,57 @@ def rebuild_peft(cfg: RunConfig, trainable: dict[str, torch.Tensor]):
     """A fresh, unwrapped PeftModel of the recipe carrying stage 1's parameters and the trained
     tensors ``trainable`` (full, by PeftModel parameter name): the export path when the trained
     model itself is FSDP-sharded. Main process only; costs one model in CPU memory."""
-    from .attention_transfer import ARTIFACT, load_new_params
-    from .training import load_converted, load_trainable
+    from .training import load_trainable
 
-    model, _ = load_converted(cfg)
-    load_new_params(model, os.path.join(cfg.output_dir, "distill", ARTIFACT))
+    model, _ = converted_with_stage1(cfg)
     pm = add_lora(model, cfg.finetune)
     load_trainable(pm, trainable)
     return pm
 
 
+def converted_with_stage1(cfg: RunConfig):
+    """(model, tokenizer): the recipe's converted model with stage 1's artifact loaded."""
+    from .attention_transfer import ARTIFACT, load_new_params
+    from .training import load_converted
+
+    model, tok = load_converted(cfg)
+    load_new_params(model, os.path.join(cfg.output_dir, "distill", ARTIFACT))
+    return model, tok
+
+
 def merge_from_artifacts(cfg: RunConfig) -> str:
     """Write ``<output_dir>/merged`` from a finished run's small artifacts alone: the teacher converted
     with the recipe, stage 1's ``distill/linear_attention.pt`` loaded, the PEFT ``adapter/`` merged in.
-    For a machine that has the artifacts but not the merged model (hundreds of times their size).
-    Written beside ``merged`` and renamed into place, so an interrupted merge leaves no half model."""
+    For a machine that has the artifacts but not the merged model (hundreds of times their size)."""
     from peft import PeftModel
-
-    from .attention_transfer import ARTIFACT, load_new_params
-    from .training import load_converted
 
     adapter = os.path.join(cfg.output_dir, "adapter")
     if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
         raise FileNotFoundError(f"no PEFT adapter in {adapter} (run `finetune` first)")
-    model, tok = load_converted(cfg)
-    load_new_params(model, os.path.join(cfg.output_dir, "distill", ARTIFACT))
-    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model, tok = converted_with_stage1(cfg)
+    return save_merged(PeftModel.from_pretrained(model, adapter), tok, cfg)
+
+
+def save_merged(peft_model, tokenizer, cfg: RunConfig) -> str:
+    """``merge_and_unload`` + ``save_pretrained`` (and the tokenizer) into ``<output_dir>/merged``,
+    written beside it and renamed into place, so an interrupted save leaves no half model."""
     out = os.path.join(cfg.output_dir, "merged")
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    peft_model.merge_and_unload().save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out
 
 
 def save_outputs(peft_model, tokenizer, cfg: RunConfig) -> dict[str, str]:
-    """Adapter the PEFT way; merged model via ``merge_and_unload`` + ``save_pretrained``."""
+    """Adapter the PEFT way; merged model via :func:`save_merged`."""
     paths = {"adapter": os.path.join(cfg.output_dir, "adapter")}
     peft_model.save_pretrained(paths["adapter"])
     if cfg.finetune.save_merged:
-        paths["merged"] = os.path.join(cfg.output_dir, "merged")
-        merged = peft_model.merge_and_unload()
-        merged.save_pretrained(paths["merged"])
-        if tokenizer is not None:
-            tokenizer.save_pretrained(paths["merged"])
+        paths["merged"] = save_merged(peft_model, tokenizer, cfg)
     return paths
 
 
