@@ -1,6 +1,6 @@
 """Does a checkpoint's decoder forward capture in a CUDA graph (eval/scoring.py's DecoderRunner)?
 
-    python3 benchmarks/capture_check.py DIR [B T]      exit 0: captured, replay == eager; 1: not
+    [PROFILE=1] python3 benchmarks/capture_check.py DIR [B T]   exit 0: captured, replay == eager; 1: not
 
 Prints the replay-vs-eager difference and both times, or the capture's traceback.
 """
@@ -40,6 +40,12 @@ def main(argv):
                 f(x)
             torch.cuda.synchronize()
             times[name] = (time.perf_counter() - t) / 10 * 1e3
+        if os.environ.get("PROFILE"):  # where the GPU time of one forward goes (eager: same kernels)
+            from torch.profiler import ProfilerActivity, profile
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                r.eager(x)
+                torch.cuda.synchronize()
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
     print(f"{tag}: capture ok, B={B} T={T}, max |graph - eager| = {diff:.3e}, "
           f"graph {times['graph']:.1f} ms, eager {times['eager']:.1f} ms per forward")
     return 0

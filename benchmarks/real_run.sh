@@ -40,7 +40,8 @@ eval)
   # scores under the same limit, seed, window and dtype are reused); the student is always scored
   mkdir -p /tmp/cache-$method && cp -n benchmarks/*/cache/smollm2-135m-*.json /tmp/cache-$method/ 2>/dev/null
   t0=$(date +%s)
-  python3 -m linearize eval --teacher smollm2-135m --student $R/merged --tasks "$tasks" --device cuda \
+  # stopped before the call limit (EVAL_LIMIT_S) so the scores cached so far still come back
+  timeout -s INT ${EVAL_LIMIT_S:-540} python3 -m linearize eval --teacher smollm2-135m --student $R/merged --tasks "$tasks" --device cuda \
       --dtype bfloat16 --batch-size ${EVAL_BS:-256} --cache-dir /tmp/cache-$method --out $R/eval "$@" \
       >> $OUT/eval_$method.log 2>&1
   echo "rc=$? wall_s=$(( $(date +%s) - t0 ))"; tail -c 3000 $OUT/eval_$method.log
