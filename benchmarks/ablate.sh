@@ -4,7 +4,7 @@
 # through benchmarks/real_run.sh (run and files named abl-NAME).
 #   bash benchmarks/ablate.sh NAME [--key=value recipe overrides]
 #   e.g. bash benchmarks/ablate.sh window128 --linearize.window=128
-#        bash benchmarks/ablate.sh seq4096   --data.seq_len=4096 --distill.batch_size=8 --finetune.batch_size=4
+#        bash benchmarks/ablate.sh seq2048   --data.seq_len=2048 --distill.batch_size=16 --finetune.batch_size=8
 # Budget: ABL_DISTILL_STEPS / ABL_FINETUNE_STEPS (default 60 + 60 steps of the recipe's batch,
 # about 2M + 2M tokens). The rows combine with: python benchmarks/ablation_table.py NAME=report.json ...
 set -uo pipefail
