@@ -296,26 +296,27 @@ def write_markdown(report: dict, path: Path) -> None:
     ]
     if window is not None:
         lines.append(f"- window: {window} ({cfg.get('window_source', '')})")
-    lines += ["", "| task | metric | teacher | student | recovery % | beyond_window % |",
-              "| --- | --- | ---: | ---: | ---: | ---: |"]
-    for r in report["rows"]:
-        name = f"**{r['task']}**" if r["primary"] else r["task"]
-        bw = _fmt(r.get("beyond_window"), True) if r["primary"] else ""
-        lines.append(f"| {name} | {r['metric']} | {_fmt(r['teacher'])} | {_fmt(r['student'])} | "
-                     f"{_fmt(r['recovery'], True)} | {bw} |")
-    means = [("zero-shot", report.get("mean_zero_shot")), ("few-shot", report.get("mean_few_shot"))]
-    for label, m in means:
-        if m:
-            lines.append(f"| **mean ({label})** | primary | {_fmt(m['teacher'])} | {_fmt(m['student'])} | "
-                         f"{_fmt(m['recovery'], True)} | |")
-    lines += [""] + [f"Mean ({label}): {', '.join(m['tasks'])}." for label, m in means if m]
-    lines += ["Bold rows: the primary metric of each task (averaged in the means). `task@k`: k in-context "
-              "examples (mmlu: 5 from its dev split). Recovery: student / teacher (teacher / student for "
-              "perplexities)."]
-    if window is not None:
-        lines += [f"beyond_window %: share of the scored tokens at position >= {window} of the tokenised "
-                  "request (context + continuation as the harness feeds it, BOS included, left-truncated "
-                  "to the model's max length; perplexity tasks: all tokens of their rolling windows)."]
+    if report["rows"]:  # a probes- or perplexity-only run has no task table
+        lines += ["", "| task | metric | teacher | student | recovery % | beyond_window % |",
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]
+        for r in report["rows"]:
+            name = f"**{r['task']}**" if r["primary"] else r["task"]
+            bw = _fmt(r.get("beyond_window"), True) if r["primary"] else ""
+            lines.append(f"| {name} | {r['metric']} | {_fmt(r['teacher'])} | {_fmt(r['student'])} | "
+                         f"{_fmt(r['recovery'], True)} | {bw} |")
+        means = [("zero-shot", report.get("mean_zero_shot")), ("few-shot", report.get("mean_few_shot"))]
+        for label, m in means:
+            if m:
+                lines.append(f"| **mean ({label})** | primary | {_fmt(m['teacher'])} | {_fmt(m['student'])} | "
+                             f"{_fmt(m['recovery'], True)} | |")
+        lines += [""] + [f"Mean ({label}): {', '.join(m['tasks'])}." for label, m in means if m]
+        lines += ["Bold rows: the primary metric of each task (averaged in the means). `task@k`: k in-context "
+                  "examples (mmlu: 5 from its dev split). Recovery: student / teacher (teacher / student for "
+                  "perplexities)."]
+        if window is not None:
+            lines += [f"beyond_window %: share of the scored tokens at position >= {window} of the tokenised "
+                      "request (context + continuation as the harness feeds it, BOS included, left-truncated "
+                      "to the model's max length; perplexity tasks: all tokens of their rolling windows)."]
     bp = report.get("block_perplexity") or []
     if bp:
         lines += ["", "## Perplexity at fixed context", "",

@@ -308,3 +308,18 @@ def test_score_cache_reuses_and_splits(tmp_path):
     os.utime(ckpt / "config.json", ns=(1, 1))
     assert ScoreCache(str(tmp_path / "cache"), str(ckpt), limit=3, seed=1, window=None, dtype="auto").path != again.path
     assert json.loads(again.path.read_text())["tasks"]["copa"]["acc"] == 0.25
+
+
+def test_markdown_without_tasks_has_no_empty_task_table(tmp_path):
+    """A probes-only run (``--tasks ""``) writes the probe table, not an empty task table."""
+    from linearize.eval.report import write_markdown
+    report = {"teacher": "t", "student": "s", "config": {"limit": None, "data_dir": "d", "window": 64},
+              "rows": [], "block_perplexity": [],
+              "probes": {"teacher": {"mqar": {"1024": 0.9}}, "student": {"mqar": {"1024": 0.1}}}}
+    write_markdown(report, tmp_path / "r.md")
+    text = (tmp_path / "r.md").read_text()
+    assert "| task | metric |" not in text
+    report["rows"] = [{"task": "piqa", "metric": "acc", "teacher": 0.6, "student": 0.5, "recovery": 83.3,
+                       "primary": True, "beyond_window": 10.0}]
+    write_markdown(report, tmp_path / "r.md")
+    assert "| **piqa** | acc | 0.6000 | 0.5000 | 83.3 | 10.0 |" in (tmp_path / "r.md").read_text()
