@@ -38,7 +38,8 @@ eval)
   tasks=$1; shift
   # the teacher's scores from earlier sessions (its cache key is the alias plus the settings, so only
   # scores under the same limit, seed, window and dtype are reused); the student is always scored
-  mkdir -p /tmp/cache-$method && cp -n benchmarks/*/cache/smollm2-135m-*.json /tmp/cache-$method/ 2>/dev/null
+  # (newest session first: cp -n keeps the first copy of a file name, and later caches hold more)
+  mkdir -p /tmp/cache-$method && ls -r benchmarks/*/cache/smollm2-135m-*.json | xargs -I{} cp -n {} /tmp/cache-$method/ 2>/dev/null
   t0=$(date +%s)
   # stopped before the call limit (EVAL_LIMIT_S) so the scores cached so far still come back
   timeout -s INT ${EVAL_LIMIT_S:-540} python3 -m linearize eval --teacher smollm2-135m --student $R/merged --tasks "$tasks" --device cuda \
