@@ -176,3 +176,28 @@ def test_fused_glue_runs_plain_code_off_the_gpu(monkeypatch):
     assert torch.allclose(out, combine.reference(num, den, num * 2, den * 2, torch.zeros(3)))
     assert torch.allclose(out, num / den[..., None])  # same ratio in both halves: the mix cancels
     assert not fusion._big_cuda((num,), {})
+
+
+def test_fused_glue_compiles_once_per_mode(monkeypatch):
+    """Where it compiles (large CUDA inputs, faked here), fused() keeps one compiled version for
+    training (dynamic=None: static kernels for the fixed batch) and one for inference
+    (dynamic=True at once: scoring changes width every few batches, and a static first compile
+    would be paid twice)."""
+    from linearize.attention import fusion
+
+    calls = []
+
+    def fake_compile(fn, dynamic):
+        calls.append(dynamic)
+        return lambda *a, **k: fn(*a, **k) + 1  # marks that the compiled version ran
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(fusion, "_big_cuda", lambda args, kwargs: True)
+    f = fusion.fused(lambda x: x * 2)
+    x = torch.randn(3)
+    assert torch.equal(f(x), x * 2 + 1) and torch.equal(f(x), x * 2 + 1)
+    with torch.no_grad():
+        assert torch.equal(f(x), x * 2 + 1) and torch.equal(f(x), x * 2 + 1)
+    assert calls == [None, True]
+    monkeypatch.setenv("LINEARIZE_COMPILE", "0")
+    assert torch.equal(f(x), x * 2)
