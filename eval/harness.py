@@ -71,6 +71,7 @@ class LinearizedLM(HFLM):
     # batch x max_length^2 scores (64 x 8192^2 x 9 heads: 144 GiB on the H100).
     max_batch_tokens = 32768
     cuda_graphs = True  # replay the decoder from CUDA graphs when scoring on a GPU (eval/scoring.py)
+    compile_glue = False  # torch.compile of the attention glue while scoring (scoring.score's docstring)
 
     # -- tokenisation: lm-eval encodes every request's context and context + continuation one string
     # at a time (3 min for MMLU 5-shot's 56K requests on the H100 machine's CPU); here the strings
@@ -128,7 +129,8 @@ class LinearizedLM(HFLM):
         try:
             out = scoring.score(self.model, [(ctx, cont) for _, ctx, cont in requests], max_length=self.max_length,
                                 max_rows=self.batch_size, max_tokens=self.max_batch_tokens, progress=bar.update,
-                                cuda_graphs=self.cuda_graphs and self.device.type == "cuda")
+                                cuda_graphs=self.cuda_graphs and self.device.type == "cuda",
+                                compile_glue=self.compile_glue)
         finally:
             bar.close()
         for (request_str, _, _), answer in zip(requests, out):

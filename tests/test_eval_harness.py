@@ -132,6 +132,25 @@ def test_padded_shapes_score_the_same(tiny_dir, tok, method):
     assert [bucket_width(t) for t in (1, 64, 65, 1024, 1025, 4097)] == [64, 64, 128, 1024, 1280, 5120]
 
 
+def test_scoring_runs_the_glue_eagerly_unless_asked(tiny_dir, tok):
+    """score() suspends the torch.compile of the attention glue (linearize.attention.fusion) for its
+    forwards by default, lets it run with compile_glue=True, and restores it afterwards."""
+    from transformers import AutoModelForCausalLM
+
+    from linearize.attention import fusion
+    from linearize.eval.scoring import score
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    seen = []
+    model.get_decoder().register_forward_pre_hook(lambda mod, args: seen.append(fusion._enabled()))
+    pairs = [(tok(c)["input_ids"], tok(x)["input_ids"]) for c, x in REQUESTS]
+    score(model, pairs, max_length=1024, max_rows=3, max_tokens=10_000)
+    assert seen and not any(seen)
+    seen.clear()
+    score(model, pairs, max_length=1024, max_rows=3, max_tokens=10_000, compile_glue=True)
+    assert seen and all(seen) and fusion._enabled()
+
+
 def test_rolling_batches_capped_by_tokens(tiny_dir):
     """Perplexity windows are max_length long: forwards stay within max_batch_tokens, scores do not
     change, and the short-request batch size is restored."""

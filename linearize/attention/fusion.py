@@ -14,10 +14,14 @@ scoring, prefill) compiles ``dynamic=True`` at once. Scoring feeds a new width e
 ``dynamic=None`` there compiled every function twice (static for the first shape, dynamic at the
 second), about 34 s of a 53 s harness run on the H100 (session 4).
 
-LINEARIZE_COMPILE=0 turns it off.
+LINEARIZE_COMPILE=0 turns it off; ``with suspended():`` turns it off for a block (the harness's
+scoring does: its CUDA graphs already remove the launch overhead, and on the H100 the glue's
+compile cost more than it saved at benchmark size: 2000 documents of piqa + hellaswag took the
+student 27.2 s compiled, 11.8 s eager; session 5).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -26,8 +30,22 @@ import torch
 MIN_NUMEL = 1 << 16
 
 
+_suspended = 0
+
+
 def _enabled() -> bool:
-    return os.environ.get("LINEARIZE_COMPILE", "1") != "0"
+    return _suspended == 0 and os.environ.get("LINEARIZE_COMPILE", "1") != "0"
+
+
+@contextlib.contextmanager
+def suspended():
+    """Run the plain (eager) glue inside this block; nests."""
+    global _suspended
+    _suspended += 1
+    try:
+        yield
+    finally:
+        _suspended -= 1
 
 
 def _big_cuda(args, kwargs) -> bool:
