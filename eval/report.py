@@ -207,8 +207,12 @@ class ScoreCache:
         return out, todo
 
     def probes_for(self, probes: ProbeConfig):
+        """The cached probe accuracies under these settings, keyed like :func:`run_probes`'s
+        ({probe: {length: acc}}, int lengths: JSON stored them as strings), or None."""
         hit = self.data.get("probes")
-        return hit["result"] if hit and hit.get("config") == asdict(probes) else None
+        if not hit or hit.get("config") != asdict(probes):
+            return None
+        return {probe: {int(n): acc for n, acc in by_len.items()} for probe, by_len in hit["result"].items()}
 
     def save(self, out: dict, ppl_wanted: dict[str, str] | None = None, probes: ProbeConfig | None = None) -> None:
         for k in ("tasks", "beyond_window"):

@@ -323,3 +323,22 @@ def test_markdown_without_tasks_has_no_empty_task_table(tmp_path):
                        "primary": True, "beyond_window": 10.0}]
     write_markdown(report, tmp_path / "r.md")
     assert "| **piqa** | acc | 0.6000 | 0.5000 | 83.3 | 10.0 |" in (tmp_path / "r.md").read_text()
+
+
+def test_cached_probes_come_back_with_int_lengths(tmp_path):
+    """The teacher's probes read from the cache and the student's freshly run must share keys: JSON
+    stores the lengths as strings, run_probes returns ints (a mix broke the markdown table)."""
+    from linearize.eval.probes import ProbeConfig
+    from linearize.eval.report import ScoreCache, write_markdown
+
+    cfg = ProbeConfig(lengths=[1024, 4096], num_samples=2)
+    fresh = {"mqar": {1024: 0.9, 4096: 0.6}, "passkey": {1024: 1.0, 4096: 1.0}}
+    ScoreCache(str(tmp_path), "teacher", limit=None).save({"probes": fresh}, probes=cfg)
+    cached = ScoreCache(str(tmp_path), "teacher", limit=None).probes_for(cfg)
+    assert cached == fresh
+    assert ScoreCache(str(tmp_path), "teacher", limit=None).probes_for(ProbeConfig(lengths=[1024])) is None
+    student = {"mqar": {1024: 0.5, 4096: 0.1}, "passkey": {1024: 0.0, 4096: 0.0}}
+    report = {"teacher": "t", "student": "s", "config": {"limit": None, "data_dir": "d", "window": 64},
+              "rows": [], "block_perplexity": [], "probes": {"teacher": cached, "student": student}}
+    write_markdown(report, tmp_path / "r.md")
+    assert "| mqar | 4096 | 0.6000 | 0.1000 |" in (tmp_path / "r.md").read_text()
