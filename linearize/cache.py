@@ -10,7 +10,7 @@ context: memory is O(window + feature_dim x head_dim) per head, whatever the len
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, StaticLayer
 
 
 class RecurrentLayer(CacheLayerMixin):
@@ -93,3 +93,54 @@ class LinearizedCache(Cache):
             elif getattr(layer, "keys", None) is not None and layer.keys.numel():
                 total += layer.keys.numel() * layer.keys.element_size() * 2
         return total
+
+
+class StaticKV:
+    """The softmax-kept layers of a prefilled LinearizedCache, moved to fixed-length buffers for decode.
+
+    Each DynamicLayer (keys/values [B, H_kv, T, D]) becomes a transformers ``StaticLayer`` of
+    ``max_len`` slots holding the prompt in slots [0, T); its write position is a device tensor, so
+    a decode step has one shape and can be captured in a CUDA graph. ``mask`` [B, 1, 1, max_len] is
+    the additive attention mask over the slots: 0 where a key is real (a prompt token that is not
+    padding, or a generated one), the dtype's minimum elsewhere (padding, slots not yet written).
+    Every decode step calls :meth:`open_next` before the layers run: it unmasks the slot the step
+    writes (all rows write the same slot: left padding keeps the prompts aligned).
+    """
+
+    def __init__(self, mask: torch.Tensor, next_slot: torch.Tensor):
+        self.mask, self.next_slot = mask, next_slot
+
+    @classmethod
+    def from_prefill(cls, cache: LinearizedCache, attention_mask: torch.Tensor | None, max_len: int) -> "StaticKV":
+        """attention_mask: the prompt's [B, T] padding mask (1 = token) or None."""
+        T = ref = None
+        for i, layer in enumerate(cache.layers):
+            if isinstance(layer, RecurrentLayer):
+                continue
+            if not isinstance(layer, DynamicLayer) or layer.keys is None or not layer.keys.numel():
+                raise ValueError(f"layer {i}: expected the prompt's keys/values after the prefill, got {type(layer).__name__}")
+            k, v = layer.keys, layer.values
+            T = k.shape[2]
+            if T > max_len:
+                raise ValueError(f"prompt of {T} tokens does not fit a {max_len}-slot cache")
+            st = StaticLayer(max_cache_len=max_len)
+            st.lazy_initialization(k, v)
+            st.keys[:, :, :T].copy_(k)
+            st.values[:, :, :T].copy_(v)
+            st.cumulative_length.fill_(T)
+            cache.layers[i] = st
+            ref = k
+        if ref is None:
+            raise ValueError("the cache has no softmax layer: nothing to make static")
+        B = ref.shape[0]
+        valid = torch.zeros(B, max_len, dtype=torch.bool, device=ref.device)
+        valid[:, :T] = attention_mask.to(ref.device).bool() if attention_mask is not None else True
+        mask = torch.zeros(B, 1, 1, max_len, dtype=ref.dtype, device=ref.device)
+        mask.masked_fill_(~valid[:, None, None, :], torch.finfo(ref.dtype).min)
+        return cls(mask, torch.full((1,), T, dtype=torch.long, device=ref.device))
+
+    def open_next(self) -> torch.Tensor:
+        """Unmask the slot this step writes and advance; returns ``mask`` (same tensor every step)."""
+        self.mask.index_fill_(3, self.next_slot, 0.0)
+        self.next_slot.add_(1)
+        return self.mask

@@ -10,8 +10,11 @@ Why it is fast: every linear layer's state is fixed-size, so after the prefill e
 decode step touches (the recurrent states, the input token, the positions, the output) exists and
 never moves; the step counter lives on the device (state["pos"], the positions tensor), so the
 whole step (embedding, 30 layers with one Triton kernel each, the head and the sampling) replays
-as one graph launch and Python is out of the loop. Models that keep softmax layers (a growing
-KV cache), CPU models, and LINEARIZE_CUDA_GRAPH=0 fall back to an eager loop over the same step.
+as one graph launch and Python is out of the loop. Layers kept as softmax (hybrids) get their
+prompt's keys/values moved into preallocated buffers of the final length (transformers'
+``StaticLayer``, whose write position is a device tensor) and an additive mask of the same length,
+so they replay in the same graph. CPU models and LINEARIZE_CUDA_GRAPH=0 run an eager loop over
+the same step.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from typing import Iterator
 
 import torch
 
-from .cache import LinearizedCache, RecurrentLayer
+from .cache import LinearizedCache, RecurrentLayer, StaticKV
 
 
 @dataclass
@@ -81,8 +84,9 @@ _COMPILED = None
 class _Decoder:
     """The decode step over static buffers: ids [B, 1], positions [B, 1], output tokens [B, N]."""
 
-    def __init__(self, model, cache, first_ids, first_pos, max_new_tokens, temperature, top_k, compile=False):
-        self.model, self.cache = model, cache
+    def __init__(self, model, cache, first_ids, first_pos, max_new_tokens, temperature, top_k, compile=False,
+                 static_kv: "StaticKV | None" = None):
+        self.model, self.cache, self.static_kv = model, cache, static_kv
         if compile:
             self.enable_compile()
         self.temperature, self.top_k = temperature, top_k
@@ -99,11 +103,13 @@ class _Decoder:
         inner = _inner(self.model)
         x = inner.embed_tokens(self.ids)
         pe = inner.rotary_emb(x, position_ids=self.pos)
+        mask = self.static_kv.open_next() if self.static_kv is not None else None
         for layer in inner.layers:
-            if self.compiled is not None and _is_linear(layer):
+            linear = _is_linear(layer)
+            if self.compiled is not None and linear:
                 x = self._compiled_layer(layer, x, pe)
                 continue
-            x = layer(x, attention_mask=None, position_ids=self.pos, past_key_values=self.cache,
+            x = layer(x, attention_mask=None if linear else mask, position_ids=self.pos, past_key_values=self.cache,
                       use_cache=True, position_embeddings=pe)
             if isinstance(x, tuple):
                 x = x[0]
@@ -249,10 +255,11 @@ def stream_generate(model, input_ids, max_new_tokens: int, attention_mask=None, 
     stats.new_tokens = 1
     if cuda_graph is None:
         cuda_graph = dev.type == "cuda" and os.environ.get("LINEARIZE_CUDA_GRAPH", "1") != "0"
-    cuda_graph = cuda_graph and _all_linear(cache)
+    # softmax-kept layers: keys/values into buffers of the final length, so every step has one shape
+    static_kv = None if _all_linear(cache) else StaticKV.from_prefill(cache, attention_mask, T + max_new_tokens)
     _prepare_states(cache)
     dec = _Decoder(model, cache, first, last_pos + 1, max_new_tokens, temperature, top_k,
-                   compile=compile and dev.type == "cuda")
+                   compile=compile and dev.type == "cuda", static_kv=static_kv)
     stats.graph = bool(cuda_graph)
     done = 1
     yielded = 0
