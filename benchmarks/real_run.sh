@@ -2,8 +2,9 @@
 # The real conversion runs of issue 7 on the lent GPU, one phase per device call (each < 10 min).
 #   bash benchmarks/real_run.sh train METHOD [--key=value recipe overrides]    both stages, no eval
 #   RESUME=1 bash benchmarks/real_run.sh train METHOD [...]                   continue a killed run
-#   bash benchmarks/real_run.sh restore METHOD      rebuild /tmp/run-METHOD/merged from .carry/METHOD_run/
-#        (the artifacts an earlier train call brought back) on a fresh machine
+#   bash benchmarks/real_run.sh restore METHOD [overrides]   rebuild /tmp/run-METHOD/merged from
+#        .carry/METHOD_run/ (the artifacts an earlier train call brought back) on a fresh machine;
+#        pass the train call's overrides that change the model (e.g. --linearize.softmax_layers=...)
 #   bash benchmarks/real_run.sh eval METHOD TASKS [extra eval args]            teacher vs student report
 # Training is stopped (SIGINT, then the last checkpoint stays on the machine) before the call limit.
 # Small artifacts (the stage-1 parameters, the LoRA adapter) come back in $OUT, so a lost machine
@@ -33,7 +34,7 @@ restore)
   cp .carry/${method}_run/linear_attention_$method.pt $R/distill/linear_attention.pt
   cp .carry/${method}_run/adapter_$method.safetensors $R/adapter/adapter_model.safetensors
   cp .carry/${method}_run/adapter_config_$method.json $R/adapter/adapter_config.json
-  python3 -m linearize merge $recipe --output_dir=$R 2>&1 | tail -1 ;;
+  python3 -m linearize merge $recipe --output_dir=$R "$@" 2>&1 | tail -1 ;;
 eval)
   tasks=$1; shift
   # the teacher's scores from earlier sessions (its cache key is the alias plus the settings, so only
