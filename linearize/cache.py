@@ -6,6 +6,8 @@ Built on transformers' ``Cache`` / ``CacheLayerMixin``: softmax layers use the s
 attention defines (hybrids: a window ring buffer + the linear state; GSA: slot memories) and counts
 the tokens it has seen so positions and masks come out right. The state never grows with the
 context: memory is O(window + feature_dim x head_dim) per head, whatever the length.
+``StaticKV`` moves the softmax layers of a prefilled cache into fixed-length ``StaticLayer``
+buffers for the CUDA-graph decode of ``linearize.generation``.
 """
 from __future__ import annotations
 
