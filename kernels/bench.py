@@ -289,15 +289,13 @@ def bench_generate(batches=(1, 16), prompts=(1024, 16384), new=256, methods=("li
     rows = []
     teacher, _ = smollm2_like(None, dev, dt, real=real)
     students = {m: smollm2_like(m, dev, dt, real=real)[1] for m in methods}
-    if softmax_layers:
-        tag = ",".join(str(i) for i in softmax_layers)
-        for m in methods:
-            students[f"{m} + softmax {tag}"] = smollm2_like(m, dev, dt, real=real, softmax_layers=softmax_layers)[1]
-        for name, st in students.items():
-            if "softmax" in name:
-                ids = torch.randint(0, 49152, (2, 300), device=dev)
-                same = torch.equal(fast_generate(st, ids, 32, cuda_graph=True), fast_generate(st, ids, 32, cuda_graph=False))
-                print(f"{name}: CUDA-graph tokens == eager tokens (32 greedy steps): {same}")
+    tag = ",".join(str(i) for i in softmax_layers)
+    for m in methods if softmax_layers else ():
+        name = f"{m} + softmax {tag}"
+        st = students[name] = smollm2_like(m, dev, dt, real=real, softmax_layers=softmax_layers)[1]
+        ids = torch.randint(0, 49152, (2, 300), device=dev)
+        same = torch.equal(fast_generate(st, ids, 32, cuda_graph=True), fast_generate(st, ids, 32, cuda_graph=False))
+        print(f"{name}: CUDA-graph tokens == eager tokens (32 greedy steps): {same}")
     for B in batches:
         for P in prompts:
             ids = torch.randint(0, 49152, (B, P), device=dev)
