@@ -31,3 +31,21 @@ with torch.no_grad():
     ev = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     print(f"== one eager decode step: {len(ev)} CUDA kernels/memcpys, {sum(e.device_time for e in ev):.0f} us of device time")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=70))
+    # the same step captured in a CUDA graph: its time per step, and the kernels one replay runs
+    d.capture()
+    for _ in range(3):
+        d.replay()
+    torch.cuda.synchronize()
+    t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    t0.record()
+    for _ in range(50):
+        d.replay()
+    t1.record()
+    torch.cuda.synchronize()
+    print(f"== graph replay: {t0.elapsed_time(t1) / 50 * 1e3:.0f} us per decode step (B={B}, {method})")
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        d.replay()
+        torch.cuda.synchronize()
+    ev = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    print(f"== one graph replay: {len(ev)} kernels, {sum(e.device_time for e in ev):.0f} us of device time")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=70))
