@@ -1,5 +1,6 @@
 """Where the time of fast_generate goes: CUDA-kernel profile of the prefill (B=16, P=16K) and of
-one eager decode step, SmolLM2-135M shape, lizard. Prints the top kernels and the launch count."""
+one eager decode step, SmolLM2-135M shape, lizard. Prints the top kernels and the launch count.
+    python3 benchmarks/profile_generate.py [B P method [compile]]"""
 import sys
 
 import torch
@@ -11,6 +12,7 @@ from linearize.kernels.bench import smollm2_like
 
 B, P = (int(a) for a in sys.argv[1:3]) if len(sys.argv) > 2 else (16, 16384)
 method = sys.argv[3] if len(sys.argv) > 3 else "lizard"
+comp = len(sys.argv) > 4 and sys.argv[4] == "compile"
 _, m = smollm2_like(method, "cuda", torch.bfloat16)
 ids = torch.randint(0, 49152, (B, P), device="cuda")
 with torch.no_grad():
@@ -22,14 +24,14 @@ with torch.no_grad():
     print(f"== prefill B={B} P={P} {method}")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70))
     _prepare_states(cache)
-    d = _Decoder(m, cache, lg.argmax(-1), lp + 1, 8, 0.0, None)
+    d = _Decoder(m, cache, lg.argmax(-1), lp + 1, 8, 0.0, None, compile=comp)
     d.step()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         d.step()
         torch.cuda.synchronize()
     ev = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    print(f"== one eager decode step: {len(ev)} CUDA kernels/memcpys, {sum(e.device_time for e in ev):.0f} us of device time")
+    print(f"== one eager decode step (compile={comp}): {len(ev)} CUDA kernels/memcpys, {sum(e.device_time for e in ev):.0f} us of device time")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=70))
     # the same step captured in a CUDA graph: its time per step, and the kernels one replay runs
     d.capture()

@@ -78,17 +78,21 @@ def _sample(logits, temperature: float, top_k: int | None):
     return (logits - torch.log(-torch.log(u))).argmax(-1)  # Gumbel-max: no host sync, graph-safe
 
 
-_COMPILED = None
-
-
 class _Decoder:
-    """The decode step over static buffers: ids [B, 1], positions [B, 1], output tokens [B, N]."""
+    """The decode step over static buffers: ids [B, 1], positions [B, 1], output tokens [B, N].
+
+    Hybrid linear layers (Hedgehog, Lizard) run through linearize.fused_decode (merged projection
+    GEMMs; with ``compile`` their elementwise glue fused by torch.compile); GSA layers and softmax-kept
+    layers run the module's own forward."""
 
     def __init__(self, model, cache, first_ids, first_pos, max_new_tokens, temperature, top_k, compile=False,
                  static_kv: "StaticKV | None" = None):
+        from .fused_decode import FusedLayer
+
         self.model, self.cache, self.static_kv = model, cache, static_kv
-        if compile:
-            self.enable_compile()
+        self.compile = bool(compile)
+        self.fused = [FusedLayer(l) if _is_linear(l) and FusedLayer.supports(l) else None
+                      for l in _inner(model).layers]
         self.temperature, self.top_k = temperature, top_k
         B = first_ids.shape[0]
         dev = first_ids.device
@@ -100,55 +104,23 @@ class _Decoder:
         self.graph = None
 
     def _forward(self):
+        from . import fused_decode
+
         inner = _inner(self.model)
         x = inner.embed_tokens(self.ids)
         pe = inner.rotary_emb(x, position_ids=self.pos)
         mask = self.static_kv.open_next() if self.static_kv is not None else None
-        for layer in inner.layers:
-            linear = _is_linear(layer)
-            if self.compiled is not None and linear:
-                x = self._compiled_layer(layer, x, pe)
+        for i, layer in enumerate(inner.layers):
+            if self.fused[i] is not None:
+                x = fused_decode.step(layer, self.fused[i], self.cache.layers[i], x, pe[0], pe[1], self.compile)
                 continue
+            linear = _is_linear(layer)
             x = layer(x, attention_mask=None if linear else mask, position_ids=self.pos, past_key_values=self.cache,
                       use_cache=True, position_embeddings=pe)
             if isinstance(x, tuple):
                 x = x[0]
         x = inner.norm(x)
         return self.model.lm_head(x[:, -1])
-
-    # -- compiled path: the PyTorch parts around the step kernel fused by torch.compile, compiled
-    # once and reused by every layer (the layer is an argument, its parameters graph inputs)
-    compiled = None
-
-    def enable_compile(self):
-        import torch._dynamo
-
-        global _COMPILED
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
-        if _COMPILED is None:  # one pair for the process: its cache holds one graph per method and shape
-            _COMPILED = (torch.compile(_pre_attention, dynamic=False), torch.compile(_post_attention, dynamic=False))
-        self.compiled = _COMPILED
-
-    def _compiled_layer(self, layer, x, pe):
-        from .attention import dispatch
-
-        pre, post = self.compiled
-        attn = layer.self_attn
-        cl = self.cache.layers[attn.layer_idx]
-        a = pre(layer, x, pe[0], pe[1])
-        at = {n: (v[:, :, 0] if torch.is_tensor(v) and n not in ("mix", "meta_k", "meta_v") else v) for n, v in a.items()}
-        if attn.method == "gsa":
-            from .attention.gated_slots import gsa_step
-
-            step = dispatch.lookup("gsa", "step", gsa_step, **at)
-            o = step(cl.state, at["q"], at["k"], at["v"], at["g"], attn.scaling)
-        else:
-            from .attention.hybrid import hybrid_step
-
-            step = dispatch.lookup("hybrid", "step", hybrid_step, **at)
-            o = step(cl.state, **at)
-        cl.seen += 1
-        return post(layer, x, o)
 
     def step(self):
         nxt = _sample(self._forward(), self.temperature, self.top_k)
@@ -186,24 +158,6 @@ def _is_linear(layer) -> bool:
     from .attention.base import LinearizedAttention
 
     return isinstance(layer.self_attn, LinearizedAttention)
-
-
-def _pre_attention(layer, x, cos, sin):
-    """Norm, projections, RoPE and the method's step inputs (the module's own code), T = 1."""
-    attn = layer.self_attn
-    h = layer.input_layernorm(x)
-    q, k, v = attn.project(h, (cos, sin))
-    if attn.method == "gsa":
-        g = attn.forget_gate(h)
-        return dict(q=q, k=attn.expand(k), v=attn.expand(v), g=g)
-    return attn._inputs(q, k, v, h, None)
-
-
-def _post_attention(layer, x, o):
-    """o [B, H, D] -> o_proj, residual, norm, MLP, residual."""
-    attn = layer.self_attn
-    x = x + attn._out(o.unsqueeze(2).to(x.dtype))
-    return x + layer.mlp(layer.post_attention_layernorm(x))
 
 
 def _all_linear(cache) -> bool:

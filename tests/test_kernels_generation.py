@@ -76,3 +76,68 @@ def test_fast_generate_hybrid_static_kv_matches_hf_generate(method):
     skv.open_next()
     assert ((skv.mask == 0).sum(-1).flatten() - open_slots).tolist() == [1, 1, 1]
     assert bool((skv.mask[..., 13] == 0).all()) and bool((skv.mask[..., 14:] < 0).all())
+
+
+@pytest.mark.parametrize("method", ["hedgehog", "lizard"])
+def test_fused_decode_step_matches_the_layer_forward(method):
+    """fused_decode (merged q/k/v/gate-down and gate/up GEMMs) gives the decoder layer's own output
+    and leaves the same recurrent state, fp32, one token after a prefill."""
+    import copy
+
+    from linearize import fused_decode
+    from linearize.generation import prefill
+
+    m = tiny(method)
+    x = torch.randint(0, 101, (2, 11), generator=torch.Generator().manual_seed(3))
+    _, cache, last = prefill(m, x)
+    cache2 = copy.deepcopy(cache)
+    inner = m.model
+    ids = torch.randint(0, 101, (2, 1), generator=torch.Generator().manual_seed(4))
+    pos = (last + 1).view(2, 1)
+    with torch.no_grad():
+        h = inner.embed_tokens(ids)
+        cos, sin = inner.rotary_emb(h, position_ids=pos)
+        layer = inner.layers[1]
+        assert fused_decode.FusedLayer.supports(layer)
+        ref = layer(h, attention_mask=None, position_ids=pos, past_key_values=cache, use_cache=True,
+                    position_embeddings=(cos, sin))
+        ref = ref[0] if isinstance(ref, tuple) else ref
+        out = fused_decode.step(layer, fused_decode.FusedLayer(layer), cache2.layers[1], h, cos, sin)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for name, t in cache.layers[1].state.items():
+        if torch.is_tensor(t):
+            torch.testing.assert_close(cache2.layers[1].state[name], t, rtol=1e-5, atol=1e-6)
+    assert cache2.layers[1].seen == cache.layers[1].seen
+
+
+def test_fused_decode_falls_back_for_gsa_and_unmerged_lora():
+    from linearize import fused_decode
+
+    assert not fused_decode.FusedLayer.supports(tiny("gsa").model.layers[0])
+    m = tiny("lizard")
+    layer = m.model.layers[0]
+    assert fused_decode.FusedLayer.supports(layer)
+    from peft import LoraConfig, get_peft_model
+
+    pm = get_peft_model(m, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    assert not fused_decode.FusedLayer.supports(pm.base_model.model.model.layers[0])
+
+
+@pytest.mark.slow
+def test_fused_decode_compiled_gives_the_eager_tokens():
+    """The torch.compile'd halves (the CUDA fast path; here Inductor's CPU backend) decode the same
+    greedy tokens as the eager ones."""
+    from linearize.generation import _Decoder, _prepare_states, prefill
+
+    m = tiny("lizard")
+    x = torch.randint(0, 101, (2, 11), generator=torch.Generator().manual_seed(1))
+    outs = []
+    for comp in (False, True):
+        lg, cache, lp = prefill(m, x)
+        _prepare_states(cache)
+        d = _Decoder(m, cache, lg.argmax(-1), lp + 1, 6, 0.0, None, compile=comp)
+        with torch.no_grad():
+            for _ in range(5):
+                d.step()
+        outs.append(d.out.clone())
+    assert torch.equal(outs[0], outs[1])

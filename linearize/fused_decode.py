@@ -1,0 +1,128 @@
+"""One decode step (T = 1) of a linearized decoder layer with its matmuls merged, for fast_generate.
+
+A HF Llama-family layer at T = 1 is launch-bound: every projection is its own tiny GEMM and every
+norm, RoPE and feature-map op its own kernel (about 68 launches per layer in the H100 profile of
+session 7). This module merges the weights once per generation:
+
+    [q; k; v; gate.down] x      one GEMM (Lizard's low-rank gate reads the same normed input)
+    [gate_proj; up_proj] x      one GEMM for the MLP
+
+and runs the rest with the modules' own code (RMSNorm, RoPE, feature maps, gate squash, o_proj,
+the activation), so the math is the layer's. ``pre`` returns the step kernel's inputs, the step
+kernel updates the state, ``post`` finishes the layer. With ``compile=True`` (CUDA) both halves are
+compiled once with torch.compile and reused by every layer (layer weights are arguments), which
+fuses the elementwise chains around the GEMMs.
+
+Only hybrids (Hedgehog, Lizard) on plain ``nn.Linear`` projections qualify (``FusedLayer.supports``);
+anything else (GSA, un-merged LoRA, q/k norms) keeps the module path.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention.base import apply_rope
+from .attention.gates import squash
+
+
+def _plain(*mods) -> bool:
+    return all(type(m) is nn.Linear for m in mods)
+
+
+class FusedLayer:
+    """Merged weights of one linear decoder layer. Shapes: w_in [(H + 2 Hkv) D (+ r), hidden],
+    w_gu [2 I, hidden]."""
+
+    def __init__(self, layer):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.layer = layer
+        projs = [attn.q_proj, attn.k_proj, attn.v_proj]
+        self.gated = getattr(attn, "forget_gate", None) is not None
+        if self.gated:
+            projs.append(attn.forget_gate.down)
+        self.splits = [p.out_features for p in projs]
+        self.w_in = torch.cat([p.weight for p in projs], 0).detach()
+        self.b_in = None
+        if any(p.bias is not None for p in projs):  # Qwen2: q/k/v biases
+            self.b_in = torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.out_features)
+                                   for p in projs]).detach()
+        self.w_gu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight], 0).detach()
+        self.b_gu = None
+        if mlp.gate_proj.bias is not None or mlp.up_proj.bias is not None:
+            self.b_gu = torch.cat([b if b is not None else mlp.gate_proj.weight.new_zeros(mlp.gate_proj.out_features)
+                                   for b in (mlp.gate_proj.bias, mlp.up_proj.bias)]).detach()
+
+    @staticmethod
+    def supports(layer) -> bool:
+        attn, mlp = layer.self_attn, getattr(layer, "mlp", None)
+        if getattr(attn, "method", None) not in ("hedgehog", "lizard") or mlp is None:
+            return False
+        if any(getattr(attn, n, None) is not None for n in ("q_norm", "k_norm")):
+            return False
+        if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+            return False
+        projs = [attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj]
+        if getattr(attn, "forget_gate", None) is not None:
+            projs.append(attn.forget_gate.down)
+        return _plain(*projs)
+
+    def weights(self):
+        return self.w_in, self.b_in, self.w_gu, self.b_gu
+
+
+def pre(layer, w_in, b_in, splits, x, cos, sin):
+    """x: [B, 1, hidden] -> the step kernel's inputs (q, k, v, fq, fk, g: [B, H, *])."""
+    attn = layer.self_attn
+    B = x.shape[0]
+    D = attn.head_dim
+    h = layer.input_layernorm(x)
+    parts = F.linear(h, w_in, b_in).split(splits, -1)
+    q, k, v = (p.view(B, 1, -1, D).transpose(1, 2) for p in parts[:3])
+    q, k = apply_rope(q, k, cos.to(q.dtype), sin.to(q.dtype))
+    k, v = attn.expand(k), attn.expand(v)
+    fq, fk = attn.feature_map_q(q), attn.feature_map_k(k)
+    g = None
+    if len(parts) > 3:
+        gate = attn.forget_gate
+        g = squash(gate.up(parts[3]), gate.gate_max, gate.num_heads)[:, :, 0]
+    meta_k, meta_v = attn.meta()
+    return dict(q=q[:, :, 0], k=k[:, :, 0], v=v[:, :, 0], fq=fq[:, :, 0], fk=fk[:, :, 0], g=g, mix=attn.mix,
+                scale=attn.scaling, meta_k=meta_k, meta_v=meta_v, linear_enabled=attn.linear_enabled)
+
+
+def post(layer, w_gu, b_gu, x, o):
+    """o: [B, H, V] the step's output -> the layer's output [B, 1, hidden] (o_proj, residual, MLP)."""
+    attn, mlp = layer.self_attn, layer.mlp
+    x = x + attn._out(o.unsqueeze(2).to(x.dtype))
+    gate, up = F.linear(layer.post_attention_layernorm(x), w_gu, b_gu).chunk(2, -1)
+    return x + mlp.down_proj(mlp.act_fn(gate) * up)
+
+
+_COMPILED = None
+
+
+def compiled():
+    """(pre, post) compiled once per process (static shapes; one graph per method and batch)."""
+    global _COMPILED
+    if _COMPILED is None:
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+        _COMPILED = (torch.compile(pre, dynamic=False), torch.compile(post, dynamic=False))
+    return _COMPILED
+
+
+def step(layer, fused: FusedLayer, cache_layer, x, cos, sin, compile: bool = False):
+    """One token through a linear layer: x [B, 1, hidden] -> [B, 1, hidden]; the layer's recurrent
+    state (``cache_layer.state``) is updated in place by the hybrid step kernel."""
+    from .attention import dispatch
+    from .attention.hybrid import hybrid_step
+
+    p, q = compiled() if compile else (pre, post)
+    w_in, b_in, w_gu, b_gu = fused.weights()
+    a = p(layer, w_in, b_in, fused.splits, x, cos, sin)
+    fn = dispatch.lookup("hybrid", "step", hybrid_step, **a)
+    o = fn(cache_layer.state, **a)
+    cache_layer.seen += 1
+    return q(layer, w_gu, b_gu, x, o)
