@@ -319,11 +319,16 @@ def bench_generate(batches=(1, 16), prompts=(1024, 16384), new=256, methods=("li
             for (m, st), comp in ((ms, c) for ms in students.items() for c in compile_modes):
                 torch.cuda.empty_cache()
                 t0 = time.perf_counter()
-                # warm-up at the measured shape: Triton specialises on sizes (e.g. one chunk vs many), so a
-                # shorter warm-up prompt leaves JIT work inside the timed run
-                fast_generate(st, ids, 4, compile=comp)
-                warm = time.perf_counter() - t0
-                out, s = fast_generate(st, ids, new, return_stats=True, compile=comp)
+                try:
+                    # warm-up at the measured shape: Triton specialises on sizes (e.g. one chunk vs many), so a
+                    # shorter warm-up prompt leaves JIT work inside the timed run
+                    fast_generate(st, ids, 4, compile=comp)
+                    warm = time.perf_counter() - t0
+                    out, s = fast_generate(st, ids, new, return_stats=True, compile=comp)
+                except Exception as e:  # noqa: BLE001 - one failing variant must not lose the other rows
+                    rows.append(dict(model=f"{m} fast_generate (compile={comp})", batch=B, prompt=P,
+                                     tok_s=f"failed: {type(e).__name__}: {str(e)[:200]}"))
+                    continue
                 rows.append(dict(model=f"{m} fast_generate (ours, CUDA graph={s.graph}, compile={comp}; warm-up {warm:.0f}s)",
                                  batch=B, prompt=P,
                                  tok_s=s.tokens_per_s, total_s=s.prefill_s + s.decode_s, prefill_s=s.prefill_s,
