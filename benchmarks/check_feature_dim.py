@@ -1,8 +1,12 @@
-"""Why the feature_dim=128 Lizard (F = 256 after the +/- softmax) hit an illegal memory access in
-the harness's scoring forward on the H100 (session 7), while its training ran: the same forward
-at scoring shapes (many rows, short width, bf16 weights, no grad) per feature dimension, then the
-chunked GLA kernel alone against the PyTorch reference at F = 256. Run with CUDA_LAUNCH_BLOCKING=1
-so a fault names its kernel.   python3 benchmarks/check_feature_dim.py [rows width]"""
+"""The feature_dim=128 Lizard (F = 256 after the +/- softmax) hit an illegal memory access in the
+harness's scoring forward on the H100 (session 7, ablations/eval_abl-r3feat128.log), while its
+training ran. This runs the same forward at scoring-like shapes (many rows, short width, bf16
+weights, no grad) per feature dimension, then the chunked GLA kernel alone against the PyTorch
+reference at F = 256. Run with CUDA_LAUNCH_BLOCKING=1 so a fault names its kernel.
+    python3 benchmarks/check_feature_dim.py [rows width]
+Session 7 result (check_feature_dim_shipped.log): every case passes with the shipped kernels, so the
+scoring fault was not reproduced; a variant of fwd_o that walked K in two 128-wide blocks faulted
+here (check_feature_dim_kblocked.log) and was not kept."""
 import sys
 import traceback
 

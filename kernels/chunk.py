@@ -64,36 +64,30 @@ def _fwd_h_kernel(k_ptr, v_ptr, gk_ptr, gv_ptr, h0_ptr, h_ptr, hT_ptr,
 def _fwd_o_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, o_ptr,
                   T, K, V, NT,
                   HAS_GK: tl.constexpr, HAS_GV: tl.constexpr,
-                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr):
-    # the key dimension is walked in NK blocks of BK (A and q h accumulate over them), so wide
-    # feature maps (K = 256) keep the tiles of the K <= 128 case
+                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     iv = tl.program_id(0)
     n = tl.program_id(1)
     bh = tl.program_id(2).to(tl.int64)
+    ok_ = tl.arange(0, BK)
     ov = iv * BV + tl.arange(0, BV)
     ot = tl.arange(0, BT)
+    mk = ok_ < K
     mv = ov < V
     t = n * BT + ot
+    qc = tl.load(q_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
+    kc = tl.load(k_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
     vc = tl.load(v_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
+    if HAS_GK:
+        gk = tl.load(gk_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
+        qc = (qc * tl.exp(gk)).to(qc.dtype)
+        kc = (kc * tl.exp(-gk)).to(kc.dtype)
     if HAS_GV:
         gv = tl.load(gv_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
         vc = (vc * tl.exp(-gv)).to(vc.dtype)
-    A = tl.zeros([BT, BT], dtype=tl.float32)
-    o = tl.zeros([BT, BV], dtype=tl.float32)
-    for ik in range(NK):
-        ok_ = ik * BK + tl.arange(0, BK)
-        mk = ok_ < K
-        qc = tl.load(q_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
-        kc = tl.load(k_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
-        if HAS_GK:
-            gk = tl.load(gk_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
-            qc = (qc * tl.exp(gk)).to(qc.dtype)
-            kc = (kc * tl.exp(-gk)).to(kc.dtype)
-        h = tl.load(h_ptr + (bh * NT + n) * K * V + ok_[:, None] * V + ov[None, :], mask=mk[:, None] & mv[None, :], other=0.)
-        A += tl.dot(qc, tl.trans(kc))
-        o += tl.dot(qc, h.to(qc.dtype))
+    h = tl.load(h_ptr + (bh * NT + n) * K * V + ok_[:, None] * V + ov[None, :], mask=mk[:, None] & mv[None, :], other=0.)
+    A = tl.dot(qc, tl.trans(kc))
     A = tl.where(ot[:, None] >= ot[None, :], A, 0.).to(vc.dtype)
-    o += tl.dot(A, vc)
+    o = tl.dot(qc, h.to(qc.dtype)) + tl.dot(A, vc)
     if HAS_GV:
         o = o * tl.exp(gv)
     tl.store(o_ptr + (bh * T + t[:, None]) * V + ov[None, :], o.to(o_ptr.dtype.element_ty), mask=mv[None, :])
@@ -212,9 +206,6 @@ def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
 # The state walks (fwd_h, bwd_dh) are sequential over chunks: split the state's rows over programs
 # too, so a [B*H] grid of short sequences still fills the GPU (the rows are independent).
 STATE_BK = int(os.environ.get("LINEARIZE_STATE_BK", "64"))
-# fwd_o walks K in blocks of at most this many columns (session 7: a bf16 F = 256 forward faulted
-# on the H100 with one 256-wide block; LINEARIZE_FWD_O_BK=256 restores that for the check)
-FWD_O_BK = int(os.environ.get("LINEARIZE_FWD_O_BK", "128"))
 
 
 def pow2_block(x: int, lo: int = 16) -> int:
@@ -284,10 +275,9 @@ def gla_fwd(q, k, v, gkc, gvc, h0, dims, BT):
         h0 if h0 is not None else dummy, h, hT, Tp, K, V, NT,
         HAS_GK=gkc is not None, HAS_GV=gvc is not None, HAS_H0=h0 is not None,
         BT=BT, BK=BKS, BV=BV, num_warps=4)
-    BKO = min(BK, FWD_O_BK)
     _fwd_o_kernel[(triton.cdiv(V, BV), NT, BH)](
         q, k, v, gkc if gkc is not None else dummy, gvc if gvc is not None else dummy, h, o, Tp, K, V, NT,
-        HAS_GK=gkc is not None, HAS_GV=gvc is not None, BT=BT, BK=BKO, BV=BV, NK=triton.cdiv(K, BKO), num_warps=4)
+        HAS_GK=gkc is not None, HAS_GV=gvc is not None, BT=BT, BK=BK, BV=BV, num_warps=4)
     return o, h, hT
 
 
