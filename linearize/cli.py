@@ -89,6 +89,9 @@ def add_generate_parser(sub):
     p.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16", "float16"])
     p.add_argument("--no-fast", action="store_true",
                    help="use HF generate even on CUDA (default there: Triton kernels + CUDA graph)")
+    p.add_argument("--compile", action="store_true",
+                   help="fast path: fuse the decode step's elementwise glue with torch.compile "
+                        "(a few seconds of warm-up; about 2x faster decoding on an H100)")
     p.set_defaults(func=cmd_generate)
 
 
@@ -134,7 +137,7 @@ def _fast_generate(model, tok, enc, args) -> int:
     stats = None
     for new, stats in stream_generate(model, enc["input_ids"], args.max_new_tokens, enc.get("attention_mask"),
                                       temperature=args.temperature if args.do_sample else 0.0,
-                                      eos_token_id=tok.eos_token_id):
+                                      eos_token_id=tok.eos_token_id, compile=args.compile):
         print(tok.decode(new[0], skip_special_tokens=True), end="", flush=True)
     if stats is not None:
         print(f"\n[{stats.new_tokens} tokens: {stats.tokens_per_s:.1f} tokens/s, prefill {stats.prefill_s:.2f} s, "

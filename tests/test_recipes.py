@@ -16,7 +16,8 @@ RECIPES = sorted(glob.glob(os.path.join(ROOT, "recipes", "*.yaml")))
 def test_all_recipes_load_and_round_trip(tmp_path):
     names = {os.path.basename(p) for p in RECIPES}
     assert {"tiny-smoke.yaml", "smollm2-135m-lizard.yaml", "smollm2-135m-hedgehog.yaml",
-            "smollm2-135m-gsa.yaml", "smollm2-135m-lizard-retrieval3.yaml", "llama3-8b-lizard.yaml"} <= names
+            "smollm2-135m-gsa.yaml", "smollm2-135m-lizard-retrieval3.yaml",
+            "smollm2-135m-lizard-retrieval3-w128.yaml", "llama3-8b-lizard.yaml"} <= names
     for p in RECIPES:
         cfg = load_recipe(p)
         out = tmp_path / os.path.basename(p)
