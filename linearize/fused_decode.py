@@ -13,8 +13,11 @@ kernel updates the state, ``post`` finishes the layer. With ``compile=True`` (CU
 compiled once with torch.compile and reused by every layer (layer weights are arguments), which
 fuses the elementwise chains around the GEMMs.
 
-Only hybrids (Hedgehog, Lizard) on plain ``nn.Linear`` projections qualify (``FusedLayer.supports``);
-anything else (GSA, un-merged LoRA, q/k norms) keeps the module path.
+Softmax layers kept by a hybrid take the same merged GEMMs around their attention over the
+fixed-length key/value buffers of linearize.cache.StaticKV (``softmax_step``: SDPA with the
+additive slot mask). Hedgehog / Lizard layers and plain softmax layers on plain ``nn.Linear``
+projections qualify (``FusedLayer.supports``); anything else (GSA, un-merged LoRA, q/k norms, a
+softmax layer with its own sliding window) keeps the module path.
 """
 from __future__ import annotations
 
@@ -56,13 +59,19 @@ class FusedLayer:
     @staticmethod
     def supports(layer) -> bool:
         attn, mlp = layer.self_attn, getattr(layer, "mlp", None)
-        if getattr(attn, "method", None) not in ("hedgehog", "lizard") or mlp is None:
+        method = getattr(attn, "method", None)
+        if method is None:  # a softmax layer a hybrid kept: HF's own attention module
+            if getattr(getattr(attn, "config", None), "sliding_window", None) or not hasattr(attn, "o_proj"):
+                return False
+        elif method not in ("hedgehog", "lizard"):
+            return False
+        if mlp is None:
             return False
         if any(getattr(attn, n, None) is not None for n in ("q_norm", "k_norm")):
             return False
         if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
             return False
-        projs = [attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj]
+        projs = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj]
         if getattr(attn, "forget_gate", None) is not None:
             projs.append(attn.forget_gate.down)
         return _plain(*projs)
@@ -71,30 +80,41 @@ class FusedLayer:
         return self.w_in, self.b_in, self.w_gu, self.b_gu
 
 
-def pre(layer, w_in, b_in, splits, x, cos, sin):
-    """x: [B, 1, hidden] -> the step kernel's inputs (q, k, v, fq, fk, g: [B, H, *])."""
+def _qkv(layer, w_in, b_in, splits, x, cos, sin):
+    """Norm, one GEMM, RoPE: q [B, H, 1, D], k, v [B, Hkv, 1, D], and the GEMM's extra columns."""
     attn = layer.self_attn
     B = x.shape[0]
     D = attn.head_dim
-    h = layer.input_layernorm(x)
-    parts = F.linear(h, w_in, b_in).split(splits, -1)
+    parts = F.linear(layer.input_layernorm(x), w_in, b_in).split(splits, -1)
     q, k, v = (p.view(B, 1, -1, D).transpose(1, 2) for p in parts[:3])
     q, k = apply_rope(q, k, cos.to(q.dtype), sin.to(q.dtype))
+    return q, k, v, parts[3:]
+
+
+def pre_softmax(layer, w_in, b_in, splits, x, cos, sin):
+    """x: [B, 1, hidden] -> q [B, H, 1, D], k, v [B, Hkv, 1, D] (after RoPE)."""
+    return _qkv(layer, w_in, b_in, splits, x, cos, sin)[:3]
+
+
+def pre(layer, w_in, b_in, splits, x, cos, sin):
+    """x: [B, 1, hidden] -> the step kernel's inputs (q, k, v, fq, fk, g: [B, H, *])."""
+    attn = layer.self_attn
+    q, k, v, parts = _qkv(layer, w_in, b_in, splits, x, cos, sin)
     k, v = attn.expand(k), attn.expand(v)
     fq, fk = attn.feature_map_q(q), attn.feature_map_k(k)
     g = None
-    if len(parts) > 3:
+    if parts:
         gate = attn.forget_gate
-        g = squash(gate.up(parts[3]), gate.gate_max, gate.num_heads)[:, :, 0]
+        g = squash(gate.up(parts[0]), gate.gate_max, gate.num_heads)[:, :, 0]
     meta_k, meta_v = attn.meta()
     return dict(q=q[:, :, 0], k=k[:, :, 0], v=v[:, :, 0], fq=fq[:, :, 0], fk=fk[:, :, 0], g=g, mix=attn.mix,
                 scale=attn.scaling, meta_k=meta_k, meta_v=meta_v, linear_enabled=attn.linear_enabled)
 
 
 def post(layer, w_gu, b_gu, x, o):
-    """o: [B, H, V] the step's output -> the layer's output [B, 1, hidden] (o_proj, residual, MLP)."""
+    """o: [B, H, V] the attention's output -> the layer's output [B, 1, hidden] (o_proj, residual, MLP)."""
     attn, mlp = layer.self_attn, layer.mlp
-    x = x + attn._out(o.unsqueeze(2).to(x.dtype))
+    x = x + attn.o_proj(o.reshape(x.shape[0], 1, -1).to(x.dtype))
     gate, up = F.linear(layer.post_attention_layernorm(x), w_gu, b_gu).chunk(2, -1)
     return x + mlp.down_proj(mlp.act_fn(gate) * up)
 
@@ -103,13 +123,13 @@ _COMPILED = None
 
 
 def compiled():
-    """(pre, post) compiled once per process (static shapes; one graph per method and batch)."""
+    """(pre, post, pre_softmax) compiled once per process (static shapes; one graph per method and batch)."""
     global _COMPILED
     if _COMPILED is None:
         import torch._dynamo
 
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
-        _COMPILED = (torch.compile(pre, dynamic=False), torch.compile(post, dynamic=False))
+        _COMPILED = tuple(torch.compile(f, dynamic=False) for f in (pre, post, pre_softmax))
     return _COMPILED
 
 
@@ -119,10 +139,24 @@ def step(layer, fused: FusedLayer, cache_layer, x, cos, sin, compile: bool = Fal
     from .attention import dispatch
     from .attention.hybrid import hybrid_step
 
-    p, q = compiled() if compile else (pre, post)
+    p, q, _ = compiled() if compile else (pre, post, pre_softmax)
     w_in, b_in, w_gu, b_gu = fused.weights()
     a = p(layer, w_in, b_in, fused.splits, x, cos, sin)
     fn = dispatch.lookup("hybrid", "step", hybrid_step, **a)
     o = fn(cache_layer.state, **a)
     cache_layer.seen += 1
     return q(layer, w_gu, b_gu, x, o)
+
+
+def softmax_step(layer, fused: FusedLayer, static_layer, mask, x, cos, sin, compile: bool = False):
+    """One token through a softmax layer kept by a hybrid: x [B, 1, hidden] -> [B, 1, hidden].
+    ``static_layer``: its transformers ``StaticLayer`` (keys/values [B, Hkv, L, D], written at its
+    device position); ``mask``: [B, 1, 1, L] additive, this step's slot already open (StaticKV)."""
+    p, q, ps = compiled() if compile else (pre, post, pre_softmax)
+    attn = layer.self_attn
+    w_in, b_in, w_gu, b_gu = fused.weights()
+    qs, k, v = ps(layer, w_in, b_in, fused.splits, x, cos, sin)
+    keys, values = static_layer.update(k, v)
+    o = F.scaled_dot_product_attention(qs, keys, values, attn_mask=mask.to(qs.dtype), scale=attn.scaling,
+                                       enable_gqa=keys.shape[1] != qs.shape[1])
+    return q(layer, w_gu, b_gu, x, o[:, :, 0])

@@ -81,9 +81,9 @@ def _sample(logits, temperature: float, top_k: int | None):
 class _Decoder:
     """The decode step over static buffers: ids [B, 1], positions [B, 1], output tokens [B, N].
 
-    Hybrid linear layers (Hedgehog, Lizard) run through linearize.fused_decode (merged projection
-    GEMMs; with ``compile`` their elementwise glue fused by torch.compile); GSA layers and softmax-kept
-    layers run the module's own forward."""
+    Hedgehog / Lizard layers and a hybrid's softmax layers run through linearize.fused_decode
+    (merged projection GEMMs; with ``compile`` their elementwise glue fused by torch.compile); GSA
+    layers (and anything fused_decode does not support) run the module's own forward."""
 
     def __init__(self, model, cache, first_ids, first_pos, max_new_tokens, temperature, top_k, compile=False,
                  static_kv: "StaticKV | None" = None):
@@ -91,7 +91,7 @@ class _Decoder:
 
         self.model, self.cache, self.static_kv = model, cache, static_kv
         self.compile = bool(compile)
-        self.fused = [FusedLayer(l) if _is_linear(l) and FusedLayer.supports(l) else None
+        self.fused = [FusedLayer(l) if FusedLayer.supports(l) and (_is_linear(l) or static_kv is not None) else None
                       for l in _inner(model).layers]
         self.temperature, self.top_k = temperature, top_k
         B = first_ids.shape[0]
@@ -111,10 +111,14 @@ class _Decoder:
         pe = inner.rotary_emb(x, position_ids=self.pos)
         mask = self.static_kv.open_next() if self.static_kv is not None else None
         for i, layer in enumerate(inner.layers):
-            if self.fused[i] is not None:
-                x = fused_decode.step(layer, self.fused[i], self.cache.layers[i], x, pe[0], pe[1], self.compile)
-                continue
             linear = _is_linear(layer)
+            if self.fused[i] is not None:
+                if linear:
+                    x = fused_decode.step(layer, self.fused[i], self.cache.layers[i], x, pe[0], pe[1], self.compile)
+                else:
+                    x = fused_decode.softmax_step(layer, self.fused[i], self.cache.layers[i], mask, x, pe[0], pe[1],
+                                                  self.compile)
+                continue
             x = layer(x, attention_mask=None if linear else mask, position_ids=self.pos, past_key_values=self.cache,
                       use_cache=True, position_embeddings=pe)
             if isinstance(x, tuple):

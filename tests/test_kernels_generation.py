@@ -126,18 +126,66 @@ def test_fused_decode_falls_back_for_gsa_and_unmerged_lora():
 @pytest.mark.slow
 def test_fused_decode_compiled_gives_the_eager_tokens():
     """The torch.compile'd halves (the CUDA fast path; here Inductor's CPU backend) decode the same
-    greedy tokens as the eager ones."""
+    greedy tokens as the eager ones, in a hybrid (linear layers 0 and 2, softmax layer 1)."""
+    from linearize.cache import StaticKV
     from linearize.generation import _Decoder, _prepare_states, prefill
 
-    m = tiny("lizard")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    m = convert(LlamaForCausalLM(cfg).eval(), LinearizeConfig(method="lizard", window=4, feature_dim=8, chunk_size=8,
+                                                               softmax_layers=[1]))
     x = torch.randint(0, 101, (2, 11), generator=torch.Generator().manual_seed(1))
     outs = []
     for comp in (False, True):
         lg, cache, lp = prefill(m, x)
+        skv = StaticKV.from_prefill(cache, None, 11 + 6)
         _prepare_states(cache)
-        d = _Decoder(m, cache, lg.argmax(-1), lp + 1, 6, 0.0, None, compile=comp)
+        d = _Decoder(m, cache, lg.argmax(-1), lp + 1, 6, 0.0, None, compile=comp, static_kv=skv)
         with torch.no_grad():
             for _ in range(5):
                 d.step()
         outs.append(d.out.clone())
     assert torch.equal(outs[0], outs[1])
+
+
+def test_fused_decode_softmax_step_matches_the_layer_forward():
+    """A hybrid's softmax layer decodes through fused_decode.softmax_step (merged GEMMs, SDPA over the
+    StaticKV buffers) with the HF layer's output and the same buffer contents, with left padding."""
+    import copy
+
+    from linearize import fused_decode
+    from linearize.cache import StaticKV
+    from linearize.generation import _Decoder, prefill
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    m = convert(LlamaForCausalLM(cfg).eval(), LinearizeConfig(method="lizard", window=4, feature_dim=8, chunk_size=8,
+                                                               softmax_layers=[1]))
+    x = torch.randint(1, 101, (2, 9), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(x)
+    mask[1, :3] = 0
+    _, cache, last = prefill(m, x, mask)
+    skv = StaticKV.from_prefill(cache, mask, 12)
+    cache2, skv2 = copy.deepcopy(cache), copy.deepcopy(skv)
+    layer = m.model.layers[1]
+    assert fused_decode.FusedLayer.supports(layer)
+    ids = torch.randint(1, 101, (2, 1), generator=torch.Generator().manual_seed(6))
+    pos = (last + 1).view(2, 1)
+    with torch.no_grad():
+        h = m.model.embed_tokens(ids)
+        cos, sin = m.model.rotary_emb(h, position_ids=pos)
+        am = skv.open_next()
+        ref = layer(h, attention_mask=am, position_ids=pos, past_key_values=cache, use_cache=True,
+                    position_embeddings=(cos, sin))
+        ref = ref[0] if isinstance(ref, tuple) else ref
+        out = fused_decode.softmax_step(layer, fused_decode.FusedLayer(layer), cache2.layers[1], skv2.open_next(),
+                                        h, cos, sin)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache2.layers[1].keys, cache.layers[1].keys)
+    torch.testing.assert_close(cache2.layers[1].values, cache.layers[1].values)
+    # the decoder routes both kinds of layer through fused_decode
+    _, c3, l3 = prefill(m, x, mask)
+    d = _Decoder(m, c3, ids[:, 0], l3 + 1, 4, 0.0, None, static_kv=StaticKV.from_prefill(c3, mask, 12))
+    assert all(f is not None for f in d.fused)
