@@ -67,13 +67,19 @@ def _inner(model):
     return model.model
 
 
-def _sample(logits, temperature: float, top_k: int | None):
+def _sample(logits, temperature: float, top_k: int | None, top_p: float | None = None):
     if temperature <= 0:
         return logits.argmax(-1)
+    # HF's order: temperature, top-k, top-p
     logits = logits.float() / temperature
     if top_k:
         kth = logits.topk(top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:  # nucleus: keep the smallest set of tokens with mass >= top_p
+        srt, idx = logits.sort(-1, descending=True)
+        p = srt.softmax(-1)
+        drop = p.cumsum(-1) - p > top_p  # mass before a token already covers top_p (the first one stays)
+        logits = logits.scatter(-1, idx, srt.masked_fill(drop, float("-inf")))
     u = torch.rand_like(logits).clamp_(1e-20, 1.0)
     return (logits - torch.log(-torch.log(u))).argmax(-1)  # Gumbel-max: no host sync, graph-safe
 
@@ -86,14 +92,14 @@ class _Decoder:
     layers (and anything fused_decode does not support) run the module's own forward."""
 
     def __init__(self, model, cache, first_ids, first_pos, max_new_tokens, temperature, top_k, compile=False,
-                 static_kv: "StaticKV | None" = None):
+                 static_kv: "StaticKV | None" = None, top_p: float | None = None):
         from .fused_decode import FusedLayer
 
         self.model, self.cache, self.static_kv = model, cache, static_kv
         self.compile = bool(compile)
         self.fused = [FusedLayer(l) if FusedLayer.supports(l) and (_is_linear(l) or static_kv is not None) else None
                       for l in _inner(model).layers]
-        self.temperature, self.top_k = temperature, top_k
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         B = first_ids.shape[0]
         dev = first_ids.device
         self.ids = first_ids.view(B, 1).clone()
@@ -127,7 +133,7 @@ class _Decoder:
         return self.model.lm_head(x[:, -1])
 
     def step(self):
-        nxt = _sample(self._forward(), self.temperature, self.top_k)
+        nxt = _sample(self._forward(), self.temperature, self.top_k, self.top_p)
         self.ids.copy_(nxt.view(-1, 1))
         self.pos.add_(1)
         self.out.scatter_(1, self.t.clamp(max=self.out.shape[1] - 1), self.ids)
@@ -194,7 +200,8 @@ def _prepare_states(cache):
 @torch.no_grad()
 def stream_generate(model, input_ids, max_new_tokens: int, attention_mask=None, temperature: float = 0.0,
                     top_k: int | None = None, cuda_graph: bool | None = None, chunk: int = 16,
-                    eos_token_id: int | None = None, compile: bool = False) -> Iterator[tuple[torch.Tensor, GenerationStats]]:
+                    eos_token_id: int | None = None, compile: bool = False,
+                    top_p: float | None = None) -> Iterator[tuple[torch.Tensor, GenerationStats]]:
     """Yield (new tokens [B, k] on the CPU, running stats) every ``chunk`` tokens. Stops after
     ``max_new_tokens`` or once every row has produced ``eos_token_id``."""
     B, T = input_ids.shape
@@ -206,7 +213,7 @@ def stream_generate(model, input_ids, max_new_tokens: int, attention_mask=None, 
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     logits, cache, last_pos = prefill(model, input_ids, attention_mask)
-    first = _sample(logits, temperature, top_k)
+    first = _sample(logits, temperature, top_k, top_p)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     stats.prefill_s = time.perf_counter() - t0
@@ -217,7 +224,7 @@ def stream_generate(model, input_ids, max_new_tokens: int, attention_mask=None, 
     static_kv = None if _all_linear(cache) else StaticKV.from_prefill(cache, attention_mask, T + max_new_tokens)
     _prepare_states(cache)
     dec = _Decoder(model, cache, first, last_pos + 1, max_new_tokens, temperature, top_k,
-                   compile=compile and dev.type == "cuda", static_kv=static_kv)
+                   compile=compile and dev.type == "cuda", static_kv=static_kv, top_p=top_p)
     stats.graph = bool(cuda_graph)
     done = 1
     yielded = 0
@@ -247,7 +254,7 @@ def stream_generate(model, input_ids, max_new_tokens: int, attention_mask=None, 
 @torch.no_grad()
 def fast_generate(model, input_ids, max_new_tokens: int, attention_mask=None, temperature: float = 0.0,
                   top_k: int | None = None, cuda_graph: bool | None = None, return_stats: bool = False,
-                  compile: bool = False):
+                  compile: bool = False, top_p: float | None = None):
     """Greedy (or temperature / top-k) generation: returns [B, T + max_new_tokens] token ids
     (and GenerationStats with ``return_stats``). Syncs with the host only at the end.
     ``compile=True`` (CUDA) fuses the PyTorch ops around each layer's step kernel with torch.compile
@@ -258,9 +265,75 @@ def fast_generate(model, input_ids, max_new_tokens: int, attention_mask=None, te
         torch.cuda.reset_peak_memory_stats()
     parts = []
     for new, stats in stream_generate(model, input_ids, max_new_tokens, attention_mask, temperature, top_k,
-                                      cuda_graph, chunk=max(1, max_new_tokens), compile=compile):
+                                      cuda_graph, chunk=max(1, max_new_tokens), compile=compile, top_p=top_p):
         parts.append(new)
     if is_cuda:
         stats.peak_memory_bytes = torch.cuda.max_memory_allocated()
     out = torch.cat([input_ids.cpu(), *parts], 1).to(input_ids.device) if parts else input_ids
     return (out, stats) if return_stats else out
+
+
+# ------------------------------------------------------------------ model.generate() on the fast path
+
+# GenerationConfig fields fast_generate reproduces, with the values at which it does (anything else
+# set to something else sends generate() to HF's loop)
+_NEUTRAL = {"num_beams": (1, None), "num_beam_groups": (1, None), "min_p": (None, 0.0),
+            "typical_p": (1.0, None), "repetition_penalty": (1.0, None), "no_repeat_ngram_size": (0, None),
+            "min_new_tokens": (0, None), "min_length": (0, None), "num_return_sequences": (1, None),
+            "output_scores": (False, None), "output_logits": (False, None), "return_dict_in_generate": (False, None),
+            "output_attentions": (False, None), "output_hidden_states": (False, None), "bad_words_ids": (None,),
+            "suppress_tokens": (None,), "begin_suppress_tokens": (None,), "forced_bos_token_id": (None,),
+            "forced_eos_token_id": (None,), "stop_strings": (None,), "sequence_bias": (None,),
+            "penalty_alpha": (None,), "epsilon_cutoff": (0.0, None), "eta_cutoff": (0.0, None),
+            "encoder_repetition_penalty": (1.0, None), "length_penalty": (1.0, None), "guidance_scale": (None, 1.0),
+            "assistant_model": (None,), "prompt_lookup_num_tokens": (None,), "watermarking_config": (None,)}
+# generate() keyword arguments fast_generate takes (besides GenerationConfig fields)
+_CALL_ARGS = {"input_ids", "attention_mask", "generation_config", "use_cache"}
+
+
+def fast_generate_plan(model, kwargs: dict):
+    """The effective GenerationConfig if ``model.generate(**kwargs)`` can run on fast_generate, else
+    None (beam search, repetition penalties, streamers, logits processors, ... stay with HF)."""
+    import copy
+
+    extra = set(kwargs) - _CALL_ARGS
+    gc = copy.deepcopy(kwargs.get("generation_config") or model.generation_config)
+    unused = gc.update(**{k: kwargs[k] for k in extra})
+    if unused or kwargs.get("use_cache") is False:  # streamer, logits_processor, stopping_criteria, ...
+        return None
+    for name, ok in _NEUTRAL.items():
+        if getattr(gc, name, None) not in ok:
+            return None
+    if gc.max_new_tokens is None and gc.max_length is None:
+        return None
+    return gc
+
+
+@torch.no_grad()
+def generate_like_hf(model, input_ids, attention_mask, gc, compile: bool = False):
+    """``model.generate`` semantics on fast_generate: greedy, or sampling with temperature / top_k /
+    top_p (Gumbel-max, so not HF's random stream); rows stop at an end-of-sequence token and are padded
+    with ``pad_token_id`` after it; the output ends when every row has stopped. [B, T + n] ids."""
+    T = input_ids.shape[1]
+    new = gc.max_new_tokens if gc.max_new_tokens is not None else gc.max_length - T
+    if new <= 0:
+        return input_ids
+    temperature = float(gc.temperature or 1.0) if gc.do_sample else 0.0
+    out = fast_generate(model, input_ids, new, attention_mask=attention_mask, temperature=temperature,
+                        top_k=(gc.top_k or None) if gc.do_sample else None, compile=compile,
+                        top_p=gc.top_p if gc.do_sample else None)
+    eos = gc.eos_token_id
+    if eos is None:
+        return out
+    eos = torch.as_tensor([eos] if isinstance(eos, int) else list(eos), device=out.device)
+    gen = out[:, T:]
+    hit = torch.isin(gen, eos)
+    if not bool(hit.any()):
+        return out
+    done_after = hit.long().cumsum(1) - hit.long() > 0  # positions after each row's first eos
+    pad = gc.pad_token_id if gc.pad_token_id is not None else int(eos[0])
+    gen = gen.masked_fill(done_after, pad)
+    finished = hit.any(1)
+    if bool(finished.all()):  # HF stops at the step where the last row finished
+        gen = gen[:, : int(hit.long().argmax(1).max()) + 1]
+    return torch.cat([out[:, :T], gen], 1)

@@ -69,6 +69,23 @@ def _make_family(family: str, config_cls, model_cls):
                 use_cache=use_cache, logits_to_keep=logits_to_keep, linearize_padding_mask=padding, **kwargs,
             )
 
+        def generate(self, input_ids=None, attention_mask=None, linearize_fast: bool | None = None, **kwargs):
+            """HF ``generate``; on CUDA (or with ``linearize_fast=True``) plain greedy / temperature /
+            top-k requests run on linearize.generation.fast_generate: Triton step kernels, the
+            decode step replayed from a CUDA graph (``linearize_compile=True``: also torch.compile'd).
+            ``linearize_fast=False``, or any option fast_generate does not reproduce (beams,
+            penalties, streamers, processors), keeps HF's loop."""
+            from .generation import fast_generate_plan, generate_like_hf
+
+            compile = bool(kwargs.pop("linearize_compile", False))
+            if linearize_fast is None:
+                linearize_fast = input_ids is not None and input_ids.is_cuda
+            if linearize_fast and input_ids is not None and kwargs.get("inputs_embeds") is None:
+                gc = fast_generate_plan(self, {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs})
+                if gc is not None:
+                    return generate_like_hf(self, input_ids, attention_mask, gc, compile=compile)
+            return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
         @classmethod
         def from_pretrained(cls, *args, **kwargs):
             want_info = kwargs.pop("output_loading_info", False)

@@ -189,3 +189,61 @@ def test_fused_decode_softmax_step_matches_the_layer_forward():
     _, c3, l3 = prefill(m, x, mask)
     d = _Decoder(m, c3, ids[:, 0], l3 + 1, 4, 0.0, None, static_kv=StaticKV.from_prefill(c3, mask, 12))
     assert all(f is not None for f in d.fused)
+
+
+@pytest.mark.parametrize("method", ["lizard", "gsa"])
+def test_model_generate_on_the_fast_path_gives_hf_tokens(method):
+    """model.generate(linearize_fast=True) (the default on CUDA) returns HF generate's output: greedy,
+    with left padding, with an end-of-sequence token that stops one row (padded after it) or all
+    rows (the output ends there)."""
+    m = tiny(method)
+    T = 7
+    x = torch.randint(3, 101, (3, T), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(x)
+    mask[2, :2] = 0
+    x = x.masked_fill(mask == 0, 0)
+    kw = dict(attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    ref = m.generate(x, **kw, linearize_fast=False)
+    assert torch.equal(m.generate(x, **kw, linearize_fast=True), ref)
+    one = int(ref[0, T + 3])  # row 0 stops at its 4th new token
+    r1 = m.generate(x, **kw, eos_token_id=one, linearize_fast=False)
+    assert torch.equal(m.generate(x, **kw, eos_token_id=one, linearize_fast=True), r1)
+    every = [int(t) for t in ref[:, T + 1]]  # every row stops at its 2nd new token
+    r2 = m.generate(x, **kw, eos_token_id=every, linearize_fast=False)
+    assert r2.shape[1] < T + 12
+    assert torch.equal(m.generate(x, **kw, eos_token_id=every, linearize_fast=True), r2)
+
+
+def test_model_generate_keeps_hf_loop_for_what_fast_generate_does_not_do(monkeypatch):
+    import linearize.generation as gen
+
+    m = tiny("lizard")
+    x = torch.randint(3, 101, (2, 5), generator=torch.Generator().manual_seed(2))
+
+    def boom(*a, **k):
+        raise AssertionError("fast path taken")
+
+    monkeypatch.setattr(gen, "generate_like_hf", boom)
+    for extra in (dict(num_beams=2), dict(repetition_penalty=1.3), dict(do_sample=True, min_p=0.1),
+                  dict(min_new_tokens=3), dict(output_scores=True, return_dict_in_generate=True)):
+        m.generate(x, max_new_tokens=4, linearize_fast=True, pad_token_id=0, **extra)
+    assert gen.fast_generate_plan(m, dict(max_new_tokens=4, do_sample=True, temperature=0.7, top_k=5)) is not None
+    assert gen.fast_generate_plan(m, dict(max_new_tokens=4, streamer=object())) is None
+    with pytest.raises(AssertionError, match="fast path"):
+        m.generate(x, max_new_tokens=4, linearize_fast=True)
+
+
+def test_sample_top_p_keeps_the_nucleus():
+    """_sample with top_p: only the smallest set of tokens whose mass reaches top_p can be drawn
+    (the most likely token always can); temperature and top_k compose with it."""
+    from linearize.generation import _sample
+
+    torch.manual_seed(0)
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(4000, 1)
+    drawn = _sample(logits, 1.0, None, 0.7)
+    assert set(drawn.tolist()) == {0, 1}  # 0.5 < 0.7 <= 0.5 + 0.3
+    freq = (drawn == 0).float().mean().item()
+    assert abs(freq - 0.5 / 0.8) < 0.03  # renormalised over the nucleus
+    assert set(_sample(logits, 1.0, None, 0.4).tolist()) == {0}
+    assert set(_sample(logits, 1.0, 3, 0.99).tolist()) == {0, 1, 2}
+    assert set(_sample(logits, 1.0, 2, 0.7).tolist()) == {0}  # top-k first: 0.5 / 0.8 >= 0.7
