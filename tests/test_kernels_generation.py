@@ -246,4 +246,4 @@ def test_sample_top_p_keeps_the_nucleus():
     assert abs(freq - 0.5 / 0.8) < 0.03  # renormalised over the nucleus
     assert set(_sample(logits, 1.0, None, 0.4).tolist()) == {0}
     assert set(_sample(logits, 1.0, 3, 0.99).tolist()) == {0, 1, 2}
-    assert set(_sample(logits, 1.0, 2, 0.7).tolist()) == {0}  # top-k first: 0.5 / 0.8 >= 0.7
+    assert set(_sample(logits, 1.0, 2, 0.6).tolist()) == {0}  # top-k first: 0.5 / 0.8 >= 0.6 (0.5 < 0.6 without it)
