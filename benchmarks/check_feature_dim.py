@@ -4,8 +4,9 @@ training ran. This runs the same forward at scoring-like shapes (many rows, shor
 weights, no grad) per feature dimension, then the chunked GLA kernel alone against the PyTorch
 reference at F = 256. Run with CUDA_LAUNCH_BLOCKING=1 so a fault names its kernel.
     python3 benchmarks/check_feature_dim.py [rows width]
-Session 7 result (check_feature_dim_shipped.log): every case passes with the shipped kernels, so the
-scoring fault was not reproduced; a variant of fwd_o that walked K in two 128-wide blocks faulted
+Session 7 result (check_feature_dim_shipped.log, compiled glue only): every case passes with the
+shipped kernels, so the scoring fault was not reproduced (the harness runs the glue eager: both
+are checked now); a variant of fwd_o that walked K in two 128-wide blocks faulted
 here (check_feature_dim_kblocked.log) and was not kept."""
 import sys
 import traceback
@@ -31,19 +32,27 @@ def model(feature_dim):
     return m.to(dev, torch.bfloat16).eval()
 
 
+from linearize.attention.fusion import suspended
+
 for fd in (64, 128):
     for B, T in ((8, 4096), (rows, width)):
-        try:
-            m = model(fd)
-            x = torch.randint(0, 49152, (B, T), device=dev)
-            with torch.no_grad():
-                h = m.model(input_ids=x, use_cache=False).last_hidden_state
-            torch.cuda.synchronize()
-            print(f"feature_dim={fd} forward [{B}, {T}] bf16: ok, finite={bool(h.isfinite().all())}", flush=True)
-        except Exception:  # noqa: BLE001
-            print(f"feature_dim={fd} forward [{B}, {T}] bf16: FAILED", flush=True)
-            traceback.print_exc()
-            sys.exit(1)
+        for glue in ("compiled", "eager"):  # the harness scores with the glue eager (fusion.suspended)
+            try:
+                m = model(fd)
+                x = torch.randint(0, 49152, (B, T), device=dev)
+                with torch.no_grad():
+                    if glue == "eager":
+                        with suspended():
+                            h = m.model(input_ids=x, use_cache=False).last_hidden_state
+                    else:
+                        h = m.model(input_ids=x, use_cache=False).last_hidden_state
+                torch.cuda.synchronize()
+                print(f"feature_dim={fd} forward [{B}, {T}] bf16, {glue} glue: ok, finite={bool(h.isfinite().all())}",
+                      flush=True)
+            except Exception:  # noqa: BLE001
+                print(f"feature_dim={fd} forward [{B}, {T}] bf16, {glue} glue: FAILED", flush=True)
+                traceback.print_exc()
+                sys.exit(1)
 
 torch.manual_seed(1)
 for BH, T, K, V in ((72, 4096, 256, 65), (rows * 9, width, 256, 65), (rows * 9, width, 128, 65)):
