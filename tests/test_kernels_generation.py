@@ -20,6 +20,15 @@ def tiny(method):
     return m
 
 
+def tiny_hybrid(method):
+    """Three layers, the middle one kept softmax."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return convert(LlamaForCausalLM(cfg).eval(), LinearizeConfig(method=method, window=4, feature_dim=8, chunk_size=8,
+                                                                 softmax_layers=[1]))
+
+
 @pytest.mark.parametrize("method", ["hedgehog", "lizard", "gsa"])
 def test_fast_generate_matches_hf_generate(method):
     m = tiny(method)
@@ -40,11 +49,7 @@ def test_fast_generate_hybrid_static_kv_matches_hf_generate(method):
     from linearize.cache import LinearizedCache, StaticKV
     from transformers.cache_utils import StaticLayer
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    m = convert(LlamaForCausalLM(cfg).eval(), LinearizeConfig(method=method, window=4, feature_dim=8, chunk_size=8,
-                                                               softmax_layers=[1]))
+    m = tiny_hybrid(method)
     with torch.no_grad():
         for _, p in linearize.new_parameters(m):
             p.add_(torch.randn_like(p) * 0.1)
@@ -130,11 +135,7 @@ def test_fused_decode_compiled_gives_the_eager_tokens():
     from linearize.cache import StaticKV
     from linearize.generation import _Decoder, _prepare_states, prefill
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    m = convert(LlamaForCausalLM(cfg).eval(), LinearizeConfig(method="lizard", window=4, feature_dim=8, chunk_size=8,
-                                                               softmax_layers=[1]))
+    m = tiny_hybrid("lizard")
     x = torch.randint(0, 101, (2, 11), generator=torch.Generator().manual_seed(1))
     outs = []
     for comp in (False, True):
@@ -158,11 +159,7 @@ def test_fused_decode_softmax_step_matches_the_layer_forward():
     from linearize.cache import StaticKV
     from linearize.generation import _Decoder, prefill
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    m = convert(LlamaForCausalLM(cfg).eval(), LinearizeConfig(method="lizard", window=4, feature_dim=8, chunk_size=8,
-                                                               softmax_layers=[1]))
+    m = tiny_hybrid("lizard")
     x = torch.randint(1, 101, (2, 9), generator=torch.Generator().manual_seed(5))
     mask = torch.ones_like(x)
     mask[1, :3] = 0
