@@ -34,12 +34,11 @@ def _plain(*mods) -> bool:
 
 
 class FusedLayer:
-    """Merged weights of one linear decoder layer. Shapes: w_in [(H + 2 Hkv) D (+ r), hidden],
-    w_gu [2 I, hidden]."""
+    """Merged weights of one decoder layer (linear or a hybrid's softmax layer). Shapes:
+    w_in [(H + 2 Hkv) D (+ r, Lizard's gate rank), hidden], w_gu [2 I, hidden]."""
 
     def __init__(self, layer):
         attn, mlp = layer.self_attn, layer.mlp
-        self.layer = layer
         projs = [attn.q_proj, attn.k_proj, attn.v_proj]
         self.gated = getattr(attn, "forget_gate", None) is not None
         if self.gated:
@@ -139,24 +138,24 @@ def step(layer, fused: FusedLayer, cache_layer, x, cos, sin, compile: bool = Fal
     from .attention import dispatch
     from .attention.hybrid import hybrid_step
 
-    p, q, _ = compiled() if compile else (pre, post, pre_softmax)
+    pre_fn, post_fn, _ = compiled() if compile else (pre, post, pre_softmax)
     w_in, b_in, w_gu, b_gu = fused.weights()
-    a = p(layer, w_in, b_in, fused.splits, x, cos, sin)
+    a = pre_fn(layer, w_in, b_in, fused.splits, x, cos, sin)
     fn = dispatch.lookup("hybrid", "step", hybrid_step, **a)
     o = fn(cache_layer.state, **a)
     cache_layer.seen += 1
-    return q(layer, w_gu, b_gu, x, o)
+    return post_fn(layer, w_gu, b_gu, x, o)
 
 
 def softmax_step(layer, fused: FusedLayer, static_layer, mask, x, cos, sin, compile: bool = False):
     """One token through a softmax layer kept by a hybrid: x [B, 1, hidden] -> [B, 1, hidden].
     ``static_layer``: its transformers ``StaticLayer`` (keys/values [B, Hkv, L, D], written at its
     device position); ``mask``: [B, 1, 1, L] additive, this step's slot already open (StaticKV)."""
-    p, q, ps = compiled() if compile else (pre, post, pre_softmax)
+    _, post_fn, pre_fn = compiled() if compile else (pre, post, pre_softmax)
     attn = layer.self_attn
     w_in, b_in, w_gu, b_gu = fused.weights()
-    qs, k, v = ps(layer, w_in, b_in, fused.splits, x, cos, sin)
+    qs, k, v = pre_fn(layer, w_in, b_in, fused.splits, x, cos, sin)
     keys, values = static_layer.update(k, v)
     o = F.scaled_dot_product_attention(qs, keys, values, attn_mask=mask.to(qs.dtype), scale=attn.scaling,
                                        enable_gqa=keys.shape[1] != qs.shape[1])
-    return q(layer, w_gu, b_gu, x, o[:, :, 0])
+    return post_fn(layer, w_gu, b_gu, x, o[:, :, 0])
