@@ -8,7 +8,9 @@ session 7). This module merges the weights once per generation:
     [gate_proj; up_proj] x      one GEMM for the MLP
 
 and runs the rest with the modules' own code (RMSNorm, RoPE, feature maps, gate squash, o_proj,
-the activation), so the math is the layer's. ``pre`` returns the step kernel's inputs, the step
+the activation), so the math is the layer's. The merged weights are copies, alive while the
+decoder is: ``merge_budget`` caps their bytes (default 1 GiB, LINEARIZE_DECODE_MERGE_BYTES); a model
+whose copies would exceed it (an 8B Llama: about 9 GB) runs the same path on its own projections. ``pre`` returns the step kernel's inputs, the step
 kernel updates the state, ``post`` finishes the layer. With ``compile=True`` (CUDA) both halves are
 compiled once with torch.compile and reused by every layer (layer weights are arguments), which
 fuses the elementwise chains around the GEMMs.
@@ -37,23 +39,36 @@ class FusedLayer:
     """Merged weights of one decoder layer (linear or a hybrid's softmax layer). Shapes:
     w_in [(H + 2 Hkv) D (+ r, Lizard's gate rank), hidden], w_gu [2 I, hidden]."""
 
-    def __init__(self, layer):
+    def __init__(self, layer, merge: bool = True):
         attn, mlp = layer.self_attn, layer.mlp
-        projs = [attn.q_proj, attn.k_proj, attn.v_proj]
-        self.gated = getattr(attn, "forget_gate", None) is not None
-        if self.gated:
-            projs.append(attn.forget_gate.down)
+        projs = self.input_projections(layer)
         self.splits = [p.out_features for p in projs]
+        self.w_in = self.b_in = self.w_gu = self.b_gu = None
+        if not merge:  # pre / post call the projections themselves
+            return
         self.w_in = torch.cat([p.weight for p in projs], 0).detach()
-        self.b_in = None
         if any(p.bias is not None for p in projs):  # Qwen2: q/k/v biases
             self.b_in = torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.out_features)
                                    for p in projs]).detach()
         self.w_gu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight], 0).detach()
-        self.b_gu = None
         if mlp.gate_proj.bias is not None or mlp.up_proj.bias is not None:
             self.b_gu = torch.cat([b if b is not None else mlp.gate_proj.weight.new_zeros(mlp.gate_proj.out_features)
                                    for b in (mlp.gate_proj.bias, mlp.up_proj.bias)]).detach()
+
+    @staticmethod
+    def input_projections(layer):
+        attn = layer.self_attn
+        projs = [attn.q_proj, attn.k_proj, attn.v_proj]
+        if getattr(attn, "forget_gate", None) is not None:
+            projs.append(attn.forget_gate.down)
+        return projs
+
+    @staticmethod
+    def merged_bytes(layer) -> int:
+        """Bytes the merged copies of this layer's weights take."""
+        mlp = layer.mlp
+        mods = [*FusedLayer.input_projections(layer), mlp.gate_proj, mlp.up_proj]
+        return sum(t.numel() * t.element_size() for m in mods for t in (m.weight, m.bias) if t is not None)
 
     @staticmethod
     def supports(layer) -> bool:
@@ -80,11 +95,16 @@ class FusedLayer:
 
 
 def _qkv(layer, w_in, b_in, splits, x, cos, sin):
-    """Norm, one GEMM, RoPE: q [B, H, 1, D], k, v [B, Hkv, 1, D], and the GEMM's extra columns."""
+    """Norm, one GEMM (or the projections' own, unmerged), RoPE: q [B, H, 1, D], k, v [B, Hkv, 1, D],
+    and the extra columns (Lizard's gate down-projection)."""
     attn = layer.self_attn
     B = x.shape[0]
     D = attn.head_dim
-    parts = F.linear(layer.input_layernorm(x), w_in, b_in).split(splits, -1)
+    h = layer.input_layernorm(x)
+    if w_in is None:
+        parts = [p(h) for p in FusedLayer.input_projections(layer)]
+    else:
+        parts = F.linear(h, w_in, b_in).split(splits, -1)
     q, k, v = (p.view(B, 1, -1, D).transpose(1, 2) for p in parts[:3])
     q, k = apply_rope(q, k, cos.to(q.dtype), sin.to(q.dtype))
     return q, k, v, parts[3:]
@@ -114,7 +134,10 @@ def post(layer, w_gu, b_gu, x, o):
     """o: [B, H, V] the attention's output -> the layer's output [B, 1, hidden] (o_proj, residual, MLP)."""
     attn, mlp = layer.self_attn, layer.mlp
     x = x + attn.o_proj(o.reshape(x.shape[0], 1, -1).to(x.dtype))
-    gate, up = F.linear(layer.post_attention_layernorm(x), w_gu, b_gu).chunk(2, -1)
+    h = layer.post_attention_layernorm(x)
+    if w_gu is None:
+        return x + mlp(h)
+    gate, up = F.linear(h, w_gu, b_gu).chunk(2, -1)
     return x + mlp.down_proj(mlp.act_fn(gate) * up)
 
 

@@ -97,8 +97,11 @@ class _Decoder:
 
         self.model, self.cache, self.static_kv = model, cache, static_kv
         self.compile = bool(compile)
-        self.fused = [FusedLayer(l) if FusedLayer.supports(l) and (_is_linear(l) or static_kv is not None) else None
-                      for l in _inner(model).layers]
+        layers = _inner(model).layers
+        ok = [FusedLayer.supports(l) and (_is_linear(l) or static_kv is not None) for l in layers]
+        budget = int(os.environ.get("LINEARIZE_DECODE_MERGE_BYTES", 1 << 30))
+        merge = sum(FusedLayer.merged_bytes(l) for l, k in zip(layers, ok) if k) <= budget
+        self.fused = [FusedLayer(l, merge=merge) if k else None for l, k in zip(layers, ok)]
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         B = first_ids.shape[0]
         dev = first_ids.device

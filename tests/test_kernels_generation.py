@@ -244,3 +244,22 @@ def test_sample_top_p_keeps_the_nucleus():
     assert set(_sample(logits, 1.0, None, 0.4).tolist()) == {0}
     assert set(_sample(logits, 1.0, 3, 0.99).tolist()) == {0, 1, 2}
     assert set(_sample(logits, 1.0, 2, 0.6).tolist()) == {0}  # top-k first: 0.5 / 0.8 >= 0.6 (0.5 < 0.6 without it)
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_decode_without_merged_weights_over_the_budget(monkeypatch, hybrid):
+    """Past LINEARIZE_DECODE_MERGE_BYTES the decoder keeps no merged copies and calls the layers'
+    own projections: same tokens as HF generate."""
+    from linearize.cache import StaticKV
+    from linearize.generation import _Decoder, _prepare_states, prefill
+
+    m = tiny_hybrid("lizard") if hybrid else tiny("lizard")
+    x = torch.randint(1, 101, (2, 9), generator=torch.Generator().manual_seed(7))
+    ref = m.generate(x, max_new_tokens=6, do_sample=False, linearize_fast=False)
+    monkeypatch.setenv("LINEARIZE_DECODE_MERGE_BYTES", "0")
+    assert torch.equal(fast_generate(m, x, 6), ref)
+    lg, cache, lp = prefill(m, x)
+    skv = StaticKV.from_prefill(cache, None, 15) if hybrid else None
+    _prepare_states(cache)
+    d = _Decoder(m, cache, lg.argmax(-1), lp + 1, 6, 0.0, None, static_kv=skv)
+    assert all(f is not None and f.w_in is None and f.w_gu is None for f in d.fused)
