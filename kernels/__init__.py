@@ -5,6 +5,7 @@ Importing this package registers, with ``linearize.attention.dispatch``:
     ("hybrid", "step")     decode.hybrid_step_triton   one launch per layer and step (hedgehog, lizard)
     ("gsa", "step")        decode.gsa_step_triton      one launch per layer and step
     ("hybrid", "chunked")  chunk.hybrid_chunked_triton linear half in Triton GLA (fwd + bwd)
+    ("hybrid", "continue") chunk.hybrid_chunked_continue_triton   the same from a state (segmented prefill)
     ("gsa", "chunked")     chunk.gsa_chunked_triton    both GLA passes in Triton (fwd + bwd)
 
 each for CUDA tensors only; anything else (CPU, no Triton) keeps the PyTorch reference.
@@ -46,11 +47,12 @@ def register_all() -> bool:
 
     from . import chunk, decode
 
-    have = {fn for form in ("step", "chunked") for op in ("hybrid", "gsa") for fn in dispatch.registered(op, form)}
+    have = {fn for form in ("step", "chunked", "continue") for op in ("hybrid", "gsa") for fn in dispatch.registered(op, form)}
     for op, form, fn, when in (
         ("hybrid", "step", decode.hybrid_step_triton, _hybrid_step_when),
         ("gsa", "step", decode.gsa_step_triton, _gsa_when),
         ("hybrid", "chunked", chunk.hybrid_chunked_triton, _hybrid_step_when),
+        ("hybrid", "continue", chunk.hybrid_chunked_continue_triton, _hybrid_step_when),
         ("gsa", "chunked", chunk.gsa_chunked_triton, _gsa_when),
     ):
         if fn not in have:

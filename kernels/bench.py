@@ -365,6 +365,8 @@ def add_bench_subcommands(sub):
     g.add_argument("--compile", choices=["off", "on", "both"], default="both",
                    help="fast_generate with torch.compile around the step kernels")
     g.add_argument("--window", type=int, default=64, help="the students' sliding window")
+    g.add_argument("--prefill-segment", type=int, default=0,
+                   help="prefill the students' prompts in segments of this many tokens (0: whole prompt)")
     g.add_argument("--softmax-layers", default="",
                    help="also a hybrid student per method with these layers kept softmax, e.g. 17,18,23")
     for q, what in ((d, "decode"), (c, "chunk"), (g, "generate")):
@@ -384,6 +386,9 @@ def run_bench(args) -> int:
         rows = bench_chunk(tuple(args.seqlen))
     else:
         modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
+        from linearize import generation
+
+        generation.PREFILL_SEGMENT = args.prefill_segment
         hybrid = tuple(int(i) for i in args.softmax_layers.split(",") if i.strip())
         rows = bench_generate(tuple(args.batch), tuple(args.prompt), args.new, tuple(args.methods), args.real, modes,
                               softmax_layers=hybrid, window=args.window)

@@ -392,6 +392,19 @@ def hybrid_chunked_triton(q, k, v, fq, fk, g, mix, window, scale, valid=None, me
     return o, ref.ring_state_from_sequence(k, v, fk, g, valid, window, S.detach())
 
 
+def hybrid_chunked_continue_triton(state, q, k, v, fq, fk, g, mix, window, scale, valid=None, meta_k=None,
+                                   meta_v=None, linear_enabled=True, chunk_size=64):
+    """Same contract as linearize.attention.hybrid.hybrid_chunked_continue, on the Triton window and
+    GLA kernels."""
+    from linearize.attention import hybrid as ref
+
+    from .window import window_chunked_triton
+
+    return ref.hybrid_chunked_continue(state, q, k, v, fq, fk, g, mix, window, scale, valid, meta_k, meta_v,
+                                       linear_enabled, chunk_size, window_fn=window_chunked_triton,
+                                       gla_fn=gla_chunked_triton)
+
+
 def gsa_chunked_triton(q, k, v, g, scale, state=None, chunk_size=64):
     """Same contract as linearize.attention.gated_slots.gsa_chunked."""
     from linearize.attention.gated_slots import _two_passes

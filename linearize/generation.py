@@ -177,18 +177,33 @@ def _all_linear(cache) -> bool:
     return all(isinstance(l, RecurrentLayer) for l in cache.layers)
 
 
+PREFILL_SEGMENT = int(os.environ.get("LINEARIZE_PREFILL_SEGMENT", "0"))
+
+
 @torch.no_grad()
-def prefill(model, input_ids, attention_mask=None):
-    """Run the prompt through the chunked form. Returns (last logits [B, vocab], cache, positions [B])."""
+def prefill(model, input_ids, attention_mask=None, segment: int | None = None):
+    """Run the prompt through the chunked form. Returns (last logits [B, vocab], cache, positions [B]).
+
+    ``segment`` (default LINEARIZE_PREFILL_SEGMENT, 0 = whole prompt): feed the prompt in pieces of
+    this many tokens, each continuing the recurrent state in the chunked form, so the prefill's
+    activations (and the peak memory) stop growing with the prompt; softmax layers of a hybrid
+    still keep every key and value."""
     _ensure_kernels()
     cache = LinearizedCache.for_model(model)
+    B, T = input_ids.shape
     if attention_mask is not None:
         pos_ids = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
     else:
-        pos_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None].expand(input_ids.shape[0], -1)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos_ids,
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1], out.past_key_values, pos_ids[:, -1]
+        pos_ids = torch.arange(T, device=input_ids.device)[None].expand(B, -1)
+    seg = segment if segment is not None else PREFILL_SEGMENT
+    seg = T if not seg or seg >= T else int(seg)
+    for start in range(0, T, seg):
+        end = min(T, start + seg)
+        out = model(input_ids=input_ids[:, start:end],
+                    attention_mask=None if attention_mask is None else attention_mask[:, :end],
+                    position_ids=pos_ids[:, start:end], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+    return out.logits[:, -1], cache, pos_ids[:, -1]
 
 
 def _prepare_states(cache):

@@ -84,6 +84,43 @@ def test_hybrid_forms_agree(dtype, T, method):
     assert rel_err(o1, o2) < TOL[dtype]
 
 
+def _split(a, T1):
+    """The first T1 and the remaining steps of hybrid_inputs' per-step tensors (the rest shared)."""
+    head, tail = {}, {}
+    for n, x in a.items():
+        if n == "valid" and x is not None:
+            head[n], tail[n] = x[:, :T1], x[:, T1:]
+        elif torch.is_tensor(x) and x.dim() == 4:
+            head[n], tail[n] = x[:, :, :T1], x[:, :, T1:]
+        else:
+            head[n] = tail[n] = x
+    return head, tail
+
+
+@pytest.mark.parametrize("T1,T2", [(3, 9), (12, 4), (17, 20), (1, 1)])
+@pytest.mark.parametrize("method", ["hedgehog", "lizard"])
+def test_hybrid_chunked_continuation_matches_recurrent(T1, T2, method):
+    """A chunked continuation from a state (the ring's w tokens in front of the new ones, the
+    linear state carried) gives the recurrent form's outputs and state: the ring not yet full
+    (T1 < w), not aligned to it, longer than a chunk; padding in the first part."""
+    from linearize.attention.hybrid import hybrid_chunked_continue
+
+    dtype = torch.float64
+    gen = torch.Generator().manual_seed(500 + T1 * 7 + T2)
+    gated = method == "lizard"
+    w = 5
+    a = hybrid_inputs(2, 3, T1 + T2, 8, 6, 3 if gated else 0, dtype, gated, gen)
+    a["valid"][:, T1:] = True  # padding only at the start, as prompts have it
+    rec, st_ref = hybrid_recurrent(window=w, **a)
+    head, tail = _split(a, T1)
+    _, st = hybrid_chunked(window=w, chunk_size=8, return_state=True, **head)
+    o, st2 = hybrid_chunked_continue(st, window=w, chunk_size=8, **tail)
+    assert rel_err(o, rec[:, :, T1:]) < TOL[dtype]
+    assert st2["n"] == st_ref["n"] == T1 + T2
+    for name in ("S", "k", "v", "fk", "valid") + (("g",) if gated else ()):
+        assert torch.equal(st2[name], st_ref[name]) if name == "valid" else rel_err(st2[name], st_ref[name]) < TOL[dtype], name
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("T", [1, 19, 33])
 def test_gsa_forms_agree(dtype, T):

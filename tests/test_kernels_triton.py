@@ -113,6 +113,26 @@ def test_hybrid_chunked_forward_backward(gated, meta):
     close(st["S"], st_ref["S"], what="S")
 
 
+@pytest.mark.parametrize("T1,T2", [(3, 20), (22, 23)])
+def test_hybrid_chunked_continue_triton(T1, T2):
+    """The chunked continuation on the Triton window and GLA kernels equals its PyTorch reference
+    (ring not full / full and unaligned, padding in the first part, GQA, meta tokens)."""
+    gen = torch.Generator().manual_seed(13 + T1)
+    B, H, rep, D, F, W = 2, 4, 2, 16, 16, 5
+    a = hybrid_inputs(B, H, rep, T1 + T2, D, F, W, True, True, gen, valid=True)
+    head = {n: (x[:, :, :T1] if torch.is_tensor(x) and x.dim() == 4 else x[:, :T1] if n == "valid" else x)
+            for n, x in a.items()}
+    tail = {n: (x[:, :, T1:] if torch.is_tensor(x) and x.dim() == 4 else x[:, T1:] if n == "valid" else x)
+            for n, x in a.items()}
+    _, st = hybrid.hybrid_chunked(window=W, chunk_size=16, return_state=True, **head)
+    st2 = {n: (x.clone() if torch.is_tensor(x) else x) for n, x in st.items()}
+    o_ref, s_ref = hybrid.hybrid_chunked_continue(st, window=W, chunk_size=16, **tail)
+    o, s = chunk.hybrid_chunked_continue_triton(st2, window=W, chunk_size=16, **tail)
+    close(o, o_ref, what="o")
+    close(s["S"], s_ref["S"], what="S")
+    assert s["n"] == s_ref["n"] == T1 + T2
+
+
 def test_gsa_chunked_forward_backward():
     gen = torch.Generator().manual_seed(5)
     B, H, rep, T, D, m = 2, 4, 2, 39, 16, 16

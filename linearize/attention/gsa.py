@@ -32,7 +32,7 @@ class GSAAttention(LinearizedAttention):
         a = dict(q=q, k=k, v=v, g=g, scale=self.scaling)
         form = self.lcfg.form
         state = None if cache_layer is None else cache_layer.state
-        if state is not None:
+        if state is not None and (q.shape[2] == 1 or form == "recurrent"):
             step = dispatch.lookup("gsa", "step", gsa_step, **a)
             out = [step(state, q[:, :, t], k[:, :, t], v[:, :, t], g[:, :, t], self.scaling) for t in range(q.shape[2])]
             return torch.stack(out, 2)
@@ -40,9 +40,9 @@ class GSAAttention(LinearizedAttention):
             o, state = gsa_parallel(**a)
         elif form == "recurrent":
             o, state = gsa_recurrent(**a)
-        else:
+        else:  # a prefill, or a continuation from ``state`` (a prompt prefilled in segments)
             fn = dispatch.lookup("gsa", "chunked", gsa_chunked, **a)
-            o, state = fn(chunk_size=self.lcfg.chunk_size, **a)
+            o, state = fn(chunk_size=self.lcfg.chunk_size, state=state, **a)
         if cache_layer is not None:
             cache_layer.state = state
         return o

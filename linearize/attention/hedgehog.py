@@ -12,7 +12,7 @@ from torch import nn
 from . import dispatch
 from .base import LinearizedAttention
 from .feature_maps import HedgehogFeatureMap
-from .hybrid import hybrid_chunked, hybrid_parallel, hybrid_recurrent, hybrid_step
+from .hybrid import hybrid_chunked, hybrid_chunked_continue, hybrid_parallel, hybrid_recurrent, hybrid_step
 
 
 class HedgehogAttention(LinearizedAttention):
@@ -62,10 +62,14 @@ class HedgehogAttention(LinearizedAttention):
         if cache_layer.state is None:
             o, cache_layer.state = hybrid_recurrent(window=self.window, **a)
             return o
-        step = dispatch.lookup("hybrid", "step", hybrid_step, **a)
         T = q.shape[2]
+        if T > 1 and form != "recurrent":  # a continuation (a prompt prefilled in segments): chunked
+            fn = dispatch.lookup("hybrid", "continue", hybrid_chunked_continue, **a)
+            o, cache_layer.state = fn(cache_layer.state, window=self.window, chunk_size=self.lcfg.chunk_size, **a)
+            return o
+        step = dispatch.lookup("hybrid", "step", hybrid_step, **a)
         out = []
-        for t in range(T):  # decode (T = 1), or a continuation prompt token by token
+        for t in range(T):  # decode (T = 1), or the recurrent form token by token
             at = {n: (x if not torch.is_tensor(x) or n in ("mix", "meta_k", "meta_v") else
                       (x[:, t] if n == "valid" else x[:, :, t])) for n, x in a.items()}
             out.append(step(cache_layer.state, **at))

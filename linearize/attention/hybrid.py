@@ -142,21 +142,48 @@ def init_state(B, H, D, V, F, window, gated, device, dtype):
     return state
 
 
-def ring_state_from_sequence(k, v, fk, g, valid, window, S):
-    """The state after a full sequence: the last w tokens in their ring slots, plus S."""
+def ring_state_from_sequence(k, v, fk, g, valid, window, S, start: int = 0):
+    """The state after a full sequence: the last w tokens in their ring slots, plus S. ``start``:
+    the stream position of the sequence's first token (a continuation's sequence starts w tokens
+    before the new ones, possibly before position 0)."""
     B, H, T, D = k.shape
     state = init_state(B, H, D, v.shape[-1], fk.shape[-1], window, g is not None, k.device, k.dtype)
     state["S"].copy_(S)
     pos = torch.arange(max(0, T - window), T, device=k.device)
-    slots = pos % window
+    slots = (pos + start) % window
     state["k"][:, :, slots] = k[:, :, pos]
     state["v"][:, :, slots] = v[:, :, pos]
     state["fk"][:, :, slots] = fk[:, :, pos]
     state["valid"][:, slots] = True if valid is None else valid[:, pos]
     if g is not None:
         state["g"][:, :, slots] = g[:, :, pos].to(state["g"].dtype)
-    state["n"] = T
+    state["n"] = start + T
     return state
+
+
+def hybrid_chunked_continue(state, q, k, v, fq, fk, g, mix, window, scale, valid=None, meta_k=None, meta_v=None,
+                            linear_enabled=True, chunk_size=64, window_fn=window_chunked, gla_fn=gla_chunked):
+    """T more tokens after ``state`` (n tokens seen), in the chunked form: the ring's w tokens, in
+    stream order, are put in front of the new ones, so the window half sees them and the linear
+    half's lagged keys are the ring's keys with their in-window decay; the linear state continues
+    from state["S"]. Same shapes as hybrid_chunked. Returns (o [B, H, T, V], the state after n + T)."""
+    n, w = int(state["n"]), state["k"].shape[2]
+    B, H, T, _ = q.shape
+    order = (torch.arange(w, device=q.device) + n) % w  # slots of positions n - w .. n - 1
+    cat = lambda old, new: torch.cat([old[:, :, order].to(new.dtype), new], 2)  # noqa: E731
+    kX, vX, fkX = cat(state["k"], k), cat(state["v"], v), cat(state["fk"], fk)
+    gX = None if g is None else cat(state["g"], g.float())
+    new_valid = torch.ones(B, T, dtype=torch.bool, device=q.device) if valid is None else valid.bool()
+    validX = torch.cat([state["valid"][:, order], new_valid], 1)
+    qX = torch.cat([q.new_zeros(B, H, w, q.shape[-1]), q], 2)  # the ring's queries are not asked
+    num_sm, den_sm = window_fn(qX, kX, vX, scale, window, validX, meta_k, meta_v, chunk_size)
+    num_sm, den_sm = num_sm[:, :, w:], den_sm[:, :, w:]
+    V = v.shape[-1]
+    kk, vv = lagged_keys(fkX, vX, gX, window)
+    o_lin, S = gla_fn(fq, kk[:, :, w:].contiguous(), vv[:, :, w:].contiguous(), gk=g,
+                      initial_state=state["S"], chunk_size=chunk_size)
+    o = combine(num_sm, den_sm, o_lin[..., :V], o_lin[..., V], mix, linear_enabled)
+    return o, ring_state_from_sequence(kX, vX, fkX, gX, validX, window, S.detach().to(state["S"].dtype), start=n - w)
 
 
 def hybrid_step(state, q, k, v, fq, fk, g, mix, scale, valid=None, meta_k=None, meta_v=None,
