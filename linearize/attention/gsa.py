@@ -37,7 +37,7 @@ class GSAAttention(LinearizedAttention):
             out = [step(state, q[:, :, t], k[:, :, t], v[:, :, t], g[:, :, t], self.scaling) for t in range(q.shape[2])]
             return torch.stack(out, 2)
         if form == "parallel":
-            o, state = gsa_parallel(**a)
+            o, state = gsa_parallel(state=state, **a)
         elif form == "recurrent":
             o, state = gsa_recurrent(**a)
         else:  # a prefill, or a continuation from ``state`` (a prompt prefilled in segments)
