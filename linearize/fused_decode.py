@@ -27,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import dispatch
 from .attention.base import apply_rope
 from .attention.gates import squash
+from .attention.hybrid import hybrid_step
 
 
 def _plain(*mods) -> bool:
@@ -85,10 +87,7 @@ class FusedLayer:
             return False
         if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
             return False
-        projs = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj]
-        if getattr(attn, "forget_gate", None) is not None:
-            projs.append(attn.forget_gate.down)
-        return _plain(*projs)
+        return _plain(*FusedLayer.input_projections(layer), attn.o_proj, mlp.gate_proj, mlp.up_proj)
 
     def weights(self):
         return self.w_in, self.b_in, self.w_gu, self.b_gu
@@ -119,15 +118,13 @@ def pre(layer, w_in, b_in, splits, x, cos, sin):
     """x: [B, 1, hidden] -> the step kernel's inputs (q, k, v, fq, fk, g: [B, H, *])."""
     attn = layer.self_attn
     q, k, v, parts = _qkv(layer, w_in, b_in, splits, x, cos, sin)
-    k, v = attn.expand(k), attn.expand(v)
-    fq, fk = attn.feature_map_q(q), attn.feature_map_k(k)
     g = None
-    if parts:
+    if parts:  # Lizard's gate from the merged GEMM's down-projection columns
         gate = attn.forget_gate
-        g = squash(gate.up(parts[0]), gate.gate_max, gate.num_heads)[:, :, 0]
-    meta_k, meta_v = attn.meta()
-    return dict(q=q[:, :, 0], k=k[:, :, 0], v=v[:, :, 0], fq=fq[:, :, 0], fk=fk[:, :, 0], g=g, mix=attn.mix,
-                scale=attn.scaling, meta_k=meta_k, meta_v=meta_v, linear_enabled=attn.linear_enabled)
+        g = squash(gate.up(parts[0]), gate.gate_max, gate.num_heads)
+    a = attn._inputs(q, k, v, None, None, g=g)
+    return {n: (t[:, :, 0] if torch.is_tensor(t) and n not in ("mix", "meta_k", "meta_v") else t)
+            for n, t in a.items()}
 
 
 def post(layer, w_gu, b_gu, x, o):
@@ -158,9 +155,6 @@ def compiled():
 def step(layer, fused: FusedLayer, cache_layer, x, cos, sin, compile: bool = False):
     """One token through a linear layer: x [B, 1, hidden] -> [B, 1, hidden]; the layer's recurrent
     state (``cache_layer.state``) is updated in place by the hybrid step kernel."""
-    from .attention import dispatch
-    from .attention.hybrid import hybrid_step
-
     pre_fn, post_fn, _ = compiled() if compile else (pre, post, pre_softmax)
     w_in, b_in, w_gu, b_gu = fused.weights()
     a = pre_fn(layer, w_in, b_in, fused.splits, x, cos, sin)

@@ -71,7 +71,7 @@ def _make_family(family: str, config_cls, model_cls):
 
         def generate(self, input_ids=None, attention_mask=None, linearize_fast: bool | None = None, **kwargs):
             """HF ``generate``; on CUDA (or with ``linearize_fast=True``) plain greedy / temperature /
-            top-k requests run on linearize.generation.fast_generate: Triton step kernels, the
+            top-k / top-p requests run on linearize.generation.fast_generate: Triton step kernels, the
             decode step replayed from a CUDA graph (``linearize_compile=True``: also torch.compile'd).
             ``linearize_fast=False``, or any option fast_generate does not reproduce (beams,
             penalties, streamers, processors), keeps HF's loop."""

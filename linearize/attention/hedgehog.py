@@ -33,10 +33,12 @@ class HedgehogAttention(LinearizedAttention):
     def meta(self):
         return None, None
 
-    def _inputs(self, q, k, v, x, valid):
+    def _inputs(self, q, k, v, x, valid, g=None):
+        """The hybrid forms' inputs; ``g``: the gate, when the caller computed it already (the
+        decode step's merged GEMM), else ``self.gate(x)``."""
         k, v = self.expand(k), self.expand(v)
         fq, fk = self.feature_map_q(q), self.feature_map_k(k)
-        g = self.gate(x)
+        g = self.gate(x) if g is None else g
         if valid is not None:  # padded steps write nothing and decay nothing
             keep = valid[:, None, :, None]
             fk, v = fk * keep.to(fk.dtype), v * keep.to(v.dtype)
