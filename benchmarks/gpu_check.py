@@ -30,9 +30,10 @@ def check(name, fn):
         results[name] = "FAILED"
 
 
-def chunk_gla_bf16():
+def chunk_gla_bf16(V=129):
+    """V = 129 takes chunk.py's stored-state kernels, V <= 128 the fused walk (fused_chunk.py)."""
     torch.manual_seed(0)
-    B, H, T, K, V = 2, 4, 1000, 128, 129
+    B, H, T, K = 2, 4, 1000, 128
     q, k, v = (torch.randn(B, H, T, d, device=dev, dtype=torch.bfloat16) for d in (K, K, V))
     gk = -torch.sigmoid(torch.randn(B, H, T, K, device=dev))
     leaves = [q, k, v, gk]
@@ -170,6 +171,8 @@ def generate_graph_equals_hf():
 if __name__ == "__main__":
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
     check("chunk_gla_bf16_vs_fp32_ref", chunk_gla_bf16)
+    check("chunk_gla_fused_bf16_vs_fp32_ref_V65", lambda: chunk_gla_bf16(65))
+    check("chunk_gla_fused_bf16_vs_fp32_ref_V128", lambda: chunk_gla_bf16(128))
     check("hybrid_chunk_and_steps_bf16", hybrid_chunk_and_steps)
     check("hybrid_chunk_grads_bf16_vs_fp32_ref", hybrid_chunk_grads_bf16)
     check("feature_map_compiled_bf16_vs_fp32", feature_map_compiled)

@@ -3,7 +3,8 @@ GSA chunked forms built on it.
 
 Same math as linearize.attention.gla.gla_chunked: inside a chunk of BT steps the decays are taken
 relative to the chunk start (q e^{G}, k e^{-G}, v e^{-Gv}); a [K, V] fp32 state is carried between
-chunks. Four kernels:
+chunks. Four kernels (fused_chunk.py has the variant that keeps the state in registers, which
+gla_chunked_triton uses where it applies):
 
   fwd_h   per (value block, head): walks the chunks, stores the state at each chunk start
   fwd_o   per (value block, chunk, head): o = q_in h_n + tril(q_in k_in^T) v_in
@@ -359,14 +360,27 @@ def chunk_size_for(chunk_size: int) -> int | None:
     return min(64, 1 << (int(chunk_size).bit_length() - 1))
 
 
+# "fused": the state walks in registers (fused_chunk.py) where they apply; "stored": always the
+# kernels above, which store every chunk's state (value gates, values wider than one block)
+GLA_KERNELS = os.environ.get("LINEARIZE_GLA", "fused")
+
+
 def gla_chunked_triton(q, k, v, gk=None, gv=None, initial_state=None, chunk_size: int = 64):
     """Same contract as linearize.attention.gla.gla_chunked."""
+    from . import fused_chunk
+
     BT = chunk_size_for(chunk_size)
     if BT is None:
         from linearize.attention.gla import gla_chunked
         return gla_chunked(q, k, v, gk, gv, initial_state, chunk_size)
-    o, S = ChunkGLAFunction.apply(q, k, v, gk, gv, initial_state, BT)
-    return o, S
+    if GLA_KERNELS == "fused" and fused_chunk.supports(q, v, gv):
+        return fused_chunk.FusedChunkGLA.apply(q, k, v, gk, initial_state, BT)
+    return gla_chunked_stored(q, k, v, gk, gv, initial_state, BT)
+
+
+def gla_chunked_stored(q, k, v, gk=None, gv=None, initial_state=None, BT: int = 64):
+    """The four kernels above (every chunk's state stored), whatever the shapes; BT in [16, 64]."""
+    return ChunkGLAFunction.apply(q, k, v, gk, gv, initial_state, BT)
 
 
 # ------------------------------------------------------------------ the modules' chunked forms

@@ -19,7 +19,7 @@ triton = pytest.importorskip("triton")
 
 from linearize.attention import gated_slots, gla, hybrid  # noqa: E402
 from linearize.attention.base import repeat_kv  # noqa: E402
-from linearize.kernels import chunk, decode  # noqa: E402
+from linearize.kernels import chunk, decode, fused_chunk  # noqa: E402
 
 TOL = 2e-4
 
@@ -46,8 +46,14 @@ def gate(shape, gen, gmax=1.0):
     (53, 32, 17, "gv", True),
     (41, 16, 16, "none", False),
     (70, 24, 33, "both", True),
+    (70, 80, 65, "gk", True),  # two key blocks (their partial sums added atomically), V + 1 = 65 wide values
 ])
-def test_chunk_gla_forward_backward(T, K, V, which, h0):
+@pytest.mark.parametrize("kernels", ["fused", "stored"])
+def test_chunk_gla_forward_backward(T, K, V, which, h0, kernels):
+    """Both kernel sets: fused_chunk (the state walked in registers; no value gate) and chunk.py's
+    stored-state kernels, through gla_chunked_triton's choice and directly."""
+    if kernels == "fused" and which in ("gv", "both"):
+        pytest.skip("the fused walk has no value gate (gla_chunked_triton sends those to the stored kernels)")
     gen = torch.Generator().manual_seed(T * 7 + K)
     B, Hkv, rep = 2, 1, 2
     H = Hkv * rep
@@ -65,7 +71,9 @@ def test_chunk_gla_forward_backward(T, K, V, which, h0):
 
     o_ref, S_ref = gla.gla_parallel(q, k, v, gk, gv, s0)
     g_ref = torch.autograd.grad((o_ref * do).sum() + (S_ref * dS).sum(), leaves)
-    o, S = chunk.gla_chunked_triton(q, k, v, gk, gv, s0, chunk_size=16)
+    run = (lambda: fused_chunk.gla_fused_chunk(q, k, v, gk, s0, chunk_size=16)) if kernels == "fused" else \
+        (lambda: chunk.gla_chunked_stored(q, k, v, gk, gv, s0, 16))
+    o, S = run()
     g = torch.autograd.grad((o * do).sum() + (S * dS).sum(), leaves)
     close(o, o_ref, what="o")
     close(S, S_ref, what="state")

@@ -1,0 +1,305 @@
+"""Fused chunked gated linear attention: each program carries the state through the chunks in
+registers, so no per-chunk state is ever written to memory.
+
+Same math as chunk.py and linearize.attention.gla.gla_chunked, for a key gate (or none). Inside a
+chunk of BT steps, with G the chunk-local cumsum of the log-decay g and Gl = sum of the chunk's g:
+
+    q_in = q e^G,  k_in = k e^-G,  k_out = k e^(Gl - G)
+    o_n      = q_in h_n + tril(q_in k_in^T) v                  h_n: [K, V] state at the chunk start
+    h_{n+1}  = e^Gl h_n + k_out^T v
+
+chunk.py stores h_n for every chunk and head (fp32 [K, V]: at K = 128 more bytes than q, k and v of
+the chunk together) and reads it back in the backward. Here three kernels walk the chunks instead,
+one program per (key block of BK rows, batch x head), the whole value width in one block:
+
+    fwd      walk forward:  o (a partial sum over the key block; atomically added when K > BK)
+    bwd_dq   walk forward again for h_n:  dq = (do h_n^T + tril(do v^T) k_in) e^G
+    bwd_dkv  walk backward with D = dL/dh_{n+1}:
+                 dk = (tril(do v^T)^T q_in) e^-G + (v D^T) e^(Gl - G)
+                 dv = tril(q_in k_in^T)^T do + k_out D        (atomically added when K > BK)
+                 dg = reverse cumsum over time of (q dq - k dk)
+             and D <- e^Gl D + q_in^T do; the last D is dL/dh_0.
+
+Inputs and outputs are [B, H, T, C] (contiguous in the last dim); T need not be a multiple of BT
+(rows past T load as zeros: no write, no decay). Only V <= MAX_V (one value block) and no value
+gate: ``supports`` says when; chunk.py handles the rest.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_V = 128  # one value block per program: dq and dk then need no sum over value blocks
+BK_MAX = 64  # key rows per program: a [64, 128] fp32 state is 32 KB of registers
+
+
+@triton.jit
+def _load(ptr, t, cols, T, C):
+    """[BT, BC] tile of rows t, columns cols of one head's contiguous [T, C] slab (zeros outside)."""
+    return tl.load(ptr + t[:, None] * C + cols[None, :], mask=(t[:, None] < T) & (cols[None, :] < C), other=0.)
+
+
+@triton.jit
+def _fwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h0_ptr, o_ptr, hT_ptr,
+                T, K, V, NT,
+                HAS_G: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, ATOMIC: tl.constexpr,
+                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    ik = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    ok_ = ik * BK + tl.arange(0, BK)
+    ov = tl.arange(0, BV)
+    ot = tl.arange(0, BT)
+    mk, mv = ok_ < K, ov < V
+    qb = q_ptr + bh * T * K
+    kb = k_ptr + bh * T * K
+    gb = g_ptr + bh * T * K
+    vb = v_ptr + bh * T * V
+    ob = o_ptr + bh * T * V
+    causal = ot[:, None] >= ot[None, :]
+    if HAS_H0:
+        h = tl.load(h0_ptr + bh * K * V + ok_[:, None] * V + ov[None, :],
+                    mask=mk[:, None] & mv[None, :], other=0.).to(tl.float32)
+    else:
+        h = tl.zeros([BK, BV], dtype=tl.float32)
+    for n in range(NT):
+        t = n * BT + ot
+        qc = _load(qb, t, ok_, T, K)
+        kc = _load(kb, t, ok_, T, K)
+        vc = _load(vb, t, ov, T, V)
+        dt = qc.dtype
+        if HAS_G:
+            gc = _load(gb, t, ok_, T, K).to(tl.float32)
+            G = tl.cumsum(gc, axis=0)
+            Gl = tl.sum(gc, axis=0)
+            q_in = (qc * tl.exp(G)).to(dt)
+            k_in = (kc * tl.exp(-G)).to(dt)
+            k_out = (kc * tl.exp(Gl[None, :] - G)).to(dt)
+        else:
+            q_in = qc
+            k_in = kc
+            k_out = kc
+        A = tl.where(causal, tl.dot(q_in, tl.trans(k_in)), 0.).to(dt)
+        o = tl.dot(q_in, h.to(dt)) + tl.dot(A, vc.to(dt))
+        optrs = ob + t[:, None] * V + ov[None, :]
+        omask = (t[:, None] < T) & mv[None, :]
+        if ATOMIC:
+            tl.atomic_add(optrs, o, mask=omask)
+        else:
+            tl.store(optrs, o.to(o_ptr.dtype.element_ty), mask=omask)
+        if HAS_G:
+            h = h * tl.exp(Gl)[:, None]
+        h += tl.dot(tl.trans(k_out), vc.to(dt))
+    if STORE_HT:
+        tl.store(hT_ptr + bh * K * V + ok_[:, None] * V + ov[None, :], h, mask=mk[:, None] & mv[None, :])
+
+
+@triton.jit
+def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h0_ptr, do_ptr, dq_ptr,
+                   T, K, V, NT,
+                   HAS_G: tl.constexpr, HAS_H0: tl.constexpr,
+                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    ik = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    ok_ = ik * BK + tl.arange(0, BK)
+    ov = tl.arange(0, BV)
+    ot = tl.arange(0, BT)
+    mk, mv = ok_ < K, ov < V
+    qb = q_ptr + bh * T * K
+    kb = k_ptr + bh * T * K
+    gb = g_ptr + bh * T * K
+    vb = v_ptr + bh * T * V
+    dob = do_ptr + bh * T * V
+    dqb = dq_ptr + bh * T * K
+    causal = ot[:, None] >= ot[None, :]
+    if HAS_H0:
+        h = tl.load(h0_ptr + bh * K * V + ok_[:, None] * V + ov[None, :],
+                    mask=mk[:, None] & mv[None, :], other=0.).to(tl.float32)
+    else:
+        h = tl.zeros([BK, BV], dtype=tl.float32)
+    for n in range(NT):
+        t = n * BT + ot
+        kc = _load(kb, t, ok_, T, K)
+        vc = _load(vb, t, ov, T, V)
+        dt = kc.dtype
+        dc = _load(dob, t, ov, T, V).to(dt)
+        vc = vc.to(dt)
+        if HAS_G:
+            gc = _load(gb, t, ok_, T, K).to(tl.float32)
+            G = tl.cumsum(gc, axis=0)
+            Gl = tl.sum(gc, axis=0)
+            k_in = (kc * tl.exp(-G)).to(dt)
+            k_out = (kc * tl.exp(Gl[None, :] - G)).to(dt)
+        else:
+            k_in = kc
+            k_out = kc
+        dA = tl.where(causal, tl.dot(dc, tl.trans(vc)), 0.).to(dt)
+        dq = tl.dot(dc, tl.trans(h.to(dt))) + tl.dot(dA, k_in)
+        if HAS_G:
+            dq = dq * tl.exp(G)
+            h = h * tl.exp(Gl)[:, None]
+        tl.store(dqb + t[:, None] * K + ok_[None, :], dq.to(dq_ptr.dtype.element_ty),
+                 mask=(t[:, None] < T) & mk[None, :])
+        h += tl.dot(tl.trans(k_out), vc)
+
+
+@triton.jit
+def _bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, g_ptr, do_ptr, dq_ptr, dhT_ptr, dk_ptr, dv_ptr, dg_ptr, dh0_ptr,
+                    T, K, V, NT,
+                    HAS_G: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, ATOMIC: tl.constexpr,
+                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    ik = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    ok_ = ik * BK + tl.arange(0, BK)
+    ov = tl.arange(0, BV)
+    ot = tl.arange(0, BT)
+    mk, mv = ok_ < K, ov < V
+    qb = q_ptr + bh * T * K
+    kb = k_ptr + bh * T * K
+    gb = g_ptr + bh * T * K
+    dqb = dq_ptr + bh * T * K
+    dkb = dk_ptr + bh * T * K
+    dgb = dg_ptr + bh * T * K
+    vb = v_ptr + bh * T * V
+    dob = do_ptr + bh * T * V
+    dvb = dv_ptr + bh * T * V
+    causal = ot[:, None] >= ot[None, :]
+    if HAS_DHT:
+        D = tl.load(dhT_ptr + bh * K * V + ok_[:, None] * V + ov[None, :],
+                    mask=mk[:, None] & mv[None, :], other=0.).to(tl.float32)
+    else:
+        D = tl.zeros([BK, BV], dtype=tl.float32)
+    carry = tl.zeros([BK], dtype=tl.float32)  # sum over later chunks of (q dq - k dk)
+    for i in range(NT):
+        n = NT - 1 - i
+        t = n * BT + ot
+        qc = _load(qb, t, ok_, T, K)
+        kc = _load(kb, t, ok_, T, K)
+        dt = qc.dtype
+        vc = _load(vb, t, ov, T, V).to(dt)
+        dc = _load(dob, t, ov, T, V).to(dt)
+        if HAS_G:
+            gc = _load(gb, t, ok_, T, K).to(tl.float32)
+            G = tl.cumsum(gc, axis=0)
+            Gl = tl.sum(gc, axis=0)
+            e_in = tl.exp(-G)
+            e_out = tl.exp(Gl[None, :] - G)
+            q_in = (qc * tl.exp(G)).to(dt)
+            k_in = (kc * e_in).to(dt)
+            k_out = (kc * e_out).to(dt)
+        else:
+            q_in = qc
+            k_in = kc
+            k_out = kc
+        A = tl.where(causal, tl.dot(q_in, tl.trans(k_in)), 0.).to(dt)
+        dA = tl.where(causal, tl.dot(dc, tl.trans(vc)), 0.).to(dt)
+        Dd = D.to(dt)
+        dk_in = tl.dot(tl.trans(dA), q_in)
+        dk_out = tl.dot(vc, tl.trans(Dd))
+        if HAS_G:
+            dk = dk_in * e_in + dk_out * e_out
+        else:
+            dk = dk_in + dk_out
+        dv = tl.dot(tl.trans(A), dc) + tl.dot(k_out, Dd)
+        rmask = t[:, None] < T
+        tl.store(dkb + t[:, None] * K + ok_[None, :], dk.to(dk_ptr.dtype.element_ty), mask=rmask & mk[None, :])
+        dvptrs = dvb + t[:, None] * V + ov[None, :]
+        if ATOMIC:
+            tl.atomic_add(dvptrs, dv, mask=rmask & mv[None, :])
+        else:
+            tl.store(dvptrs, dv.to(dv_ptr.dtype.element_ty), mask=rmask & mv[None, :])
+        if HAS_G:
+            dqc = _load(dqb, t, ok_, T, K).to(tl.float32)
+            x = qc.to(tl.float32) * dqc - kc.to(tl.float32) * dk
+            tot = tl.sum(x, axis=0)
+            dg = carry[None, :] + tot[None, :] - tl.cumsum(x, axis=0) + x  # sum over s >= t
+            tl.store(dgb + t[:, None] * K + ok_[None, :], dg.to(dg_ptr.dtype.element_ty), mask=rmask & mk[None, :])
+            carry += tot
+            D = D * tl.exp(Gl)[:, None]
+        D += tl.dot(tl.trans(q_in), dc)
+    if STORE_DH0:
+        tl.store(dh0_ptr + bh * K * V + ok_[:, None] * V + ov[None, :], D, mask=mk[:, None] & mv[None, :])
+
+
+def supports(q, v, gv=None) -> bool:
+    """True when the fused kernels take this call: no value gate, one value block."""
+    return gv is None and v.shape[-1] <= MAX_V
+
+
+def _blocks(K, V):
+    BK = max(16, min(BK_MAX, triton.next_power_of_2(K)))
+    BV = max(16, triton.next_power_of_2(V))
+    return BK, BV, triton.cdiv(K, BK)
+
+
+def _warps(BK, BV):
+    return 8 if BK * BV >= 64 * 128 else 4
+
+
+def _cont(x):
+    return None if x is None else x.contiguous()
+
+
+class FusedChunkGLA(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, g, h0, BT):
+        q, k, v, g = _cont(q), _cont(k), _cont(v), _cont(g)
+        B, H, T, K = q.shape
+        V = v.shape[-1]
+        BK, BV, NK = _blocks(K, V)
+        atomic = NK > 1  # key blocks add their partial outputs
+        o = torch.zeros(B, H, T, V, device=q.device, dtype=torch.float32) if atomic else torch.empty_like(v, dtype=q.dtype)
+        hT = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
+        h0c = None if h0 is None else h0.float().contiguous()
+        _fwd_kernel[(NK, B * H)](
+            q, k, v, q if g is None else g, hT if h0c is None else h0c, o, hT, T, K, V, triton.cdiv(T, BT),
+            HAS_G=g is not None, HAS_H0=h0c is not None, STORE_HT=True, ATOMIC=atomic,
+            BT=BT, BK=BK, BV=BV, num_warps=_warps(BK, BV))
+        ctx.save_for_backward(q, k, v, g, h0c, hT)
+        ctx.BT = BT
+        ctx.dtypes = (q.dtype, k.dtype, v.dtype, None if g is None else g.dtype, None if h0 is None else h0.dtype)
+        return o.to(q.dtype), hT
+
+    @staticmethod
+    def backward(ctx, do, dS):
+        q, k, v, g, h0c, hT = ctx.saved_tensors
+        qdt, kdt, vdt, gdt, h0dt = ctx.dtypes
+        B, H, T, K = q.shape
+        V = v.shape[-1]
+        BT = ctx.BT
+        BK, BV, NK = _blocks(K, V)
+        NT = triton.cdiv(T, BT)
+        atomic = NK > 1  # key blocks add their partial dv
+        do = torch.zeros_like(v) if do is None else do.to(v.dtype).contiguous()
+        warps = _warps(BK, BV)
+        # dq in fp32: the gate's gradient reads it back (q dq - k dk nearly cancel)
+        dq = torch.empty_like(q, dtype=torch.float32)
+        _bwd_dq_kernel[(NK, B * H)](
+            q, k, v, q if g is None else g, hT if h0c is None else h0c, do, dq, T, K, V, NT,
+            HAS_G=g is not None, HAS_H0=h0c is not None, BT=BT, BK=BK, BV=BV, num_warps=warps)
+        dk = torch.empty_like(dq)
+        dg = torch.empty_like(dq) if g is not None else dq
+        dv = torch.zeros_like(v, dtype=torch.float32) if atomic else torch.empty_like(v)
+        dh0 = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32) if h0c is not None else hT
+        dhT = None if dS is None else dS.float().contiguous()
+        _bwd_dkv_kernel[(NK, B * H)](
+            q, k, v, q if g is None else g, do, dq, hT if dhT is None else dhT, dk, dv, dg, dh0, T, K, V, NT,
+            HAS_G=g is not None, HAS_DHT=dhT is not None, STORE_DH0=h0c is not None, ATOMIC=atomic,
+            BT=BT, BK=BK, BV=BV, num_warps=warps)
+        dgk = None
+        if g is not None:
+            if dS is not None:  # the final state's term reaches every step's gate (it sits at t = T-1)
+                dg = dg + (dS.float() * hT).sum(-1).unsqueeze(2)
+            dgk = dg.to(gdt)
+        return (dq.to(qdt), dk.to(kdt), dv.to(vdt), dgk,
+                dh0.to(h0dt) if h0c is not None else None, None)
+
+
+def gla_fused_chunk(q, k, v, gk=None, initial_state=None, chunk_size: int = 64):
+    """Same contract as linearize.attention.gla.gla_chunked for ``gv=None`` and V <= MAX_V:
+    q, k: [B, H, T, K]; v: [B, H, T, V]; gk: [B, H, T, K] log-decay or None; initial_state:
+    [B, H, K, V] or None. Returns (o [B, H, T, V] in q's dtype, final state [B, H, K, V] fp32).
+    ``chunk_size`` is the kernel's BT (a power of two, 16..64, as chunk.chunk_size_for gives)."""
+    if v.shape[-1] > MAX_V:
+        raise ValueError(f"gla_fused_chunk: value width {v.shape[-1]} > {MAX_V}; use chunk.gla_chunked_triton")
+    return FusedChunkGLA.apply(q, k, v, gk, initial_state, chunk_size)
