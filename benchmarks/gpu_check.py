@@ -138,6 +138,58 @@ def gsa_chunk_and_steps():
     return out
 
 
+def graphed_training_equals_eager():
+    """Three optimizer steps of two accumulated micro-batches each, eager vs replayed from a CUDA graph
+    (linearize.cuda_graph_step), for the stage-1 loss and an LM loss: same losses, same parameters."""
+    import copy
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from linearize import LinearizeConfig, convert
+    from linearize.attention_transfer import freeze_all_but_new, linear_attentions, make_transfer_loss
+    from linearize.cuda_graph_step import GraphedStep
+    from linearize.surgery import set_mode
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=101, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    base = convert(LlamaForCausalLM(cfg), LinearizeConfig(method="lizard", window=16, feature_dim=32, chunk_size=32)).to(dev)
+    freeze_all_but_new(base)
+    out = {}
+    for mode in ("transfer", "student"):
+        models = [copy.deepcopy(base) for _ in range(2)]
+        losses = []
+        for which, m in enumerate(models):
+            set_mode(m, mode)
+            tl = make_transfer_loss(linear_attentions(m))
+            fn = (lambda mod, b, tl=tl: tl(mod, b)) if mode == "transfer" else \
+                (lambda mod, b: (mod(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["input_ids"],
+                                     use_cache=False).loss, {}))
+            params = [p for p in m.parameters() if p.requires_grad]
+            opt = torch.optim.SGD(params, lr=0.1)
+            gs = GraphedStep(fn, m, grad_scale=0.5) if which else None
+            gen = torch.Generator().manual_seed(1)
+            ls = []
+            for step in range(3):
+                for micro in range(2):
+                    ids = torch.randint(0, 101, (2, 70), generator=gen).to(dev)
+                    b = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+                    if gs is None:
+                        loss, _ = fn(m, b)
+                        (loss * 0.5).backward()
+                    else:
+                        loss, _ = gs(b)
+                    ls.append(float(loss))
+                opt.step()
+                opt.zero_grad(set_to_none=gs is None)
+            losses.append(torch.tensor(ls))
+        pe = [p for p in models[0].parameters() if p.requires_grad]
+        pg = [p for p in models[1].parameters() if p.requires_grad]
+        out[mode] = {"loss": rel(losses[1], losses[0]), "params": max(rel(a, b) for a, b in zip(pg, pe)),
+                     "captured": gs.graph is not None and not gs.failed}
+    return out
+
+
 def generate_graph_equals_hf():
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -178,3 +230,4 @@ if __name__ == "__main__":
     check("feature_map_compiled_bf16_vs_fp32", feature_map_compiled)
     check("gsa_chunk_and_steps_bf16", gsa_chunk_and_steps)
     check("fast_generate_graph_vs_hf_fp32", generate_graph_equals_hf)
+    check("graphed_training_vs_eager_fp32", graphed_training_equals_eager)

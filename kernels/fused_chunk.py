@@ -105,7 +105,6 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h0_ptr, do_ptr, dq_ptr,
     ov = tl.arange(0, BV)
     ot = tl.arange(0, BT)
     mk, mv = ok_ < K, ov < V
-    qb = q_ptr + bh * T * K
     kb = k_ptr + bh * T * K
     gb = g_ptr + bh * T * K
     vb = v_ptr + bh * T * V

@@ -8,6 +8,8 @@ On one random batch [batch, seq] it times, after warm-up, each of
             of the summed per-layer transfer losses (the stage-1 step);
   finetune: the converted model with LoRA (r=8 on q/k/v/o) in mode "student", LM loss
             forward + backward (the stage-2 step);
+  *_graph:  the same two steps captured in a CUDA graph and replayed (``linearize.cuda_graph_step``),
+            as training runs them on one GPU;
 and prints tokens/s and the ratio to the teacher. The optimizer step is left out of all three
 (it is tiny beside forward + backward for the stages, and would be a full AdamW for the teacher).
 bf16 autocast on CUDA unless ``--precision no``.
@@ -45,15 +47,20 @@ def time_step(step, device: torch.device, warmup: int, iters: int) -> float:
     return times[len(times) // 2]
 
 
+STAGES = ("distill", "distill_graph", "finetune", "finetune_graph")
+
+
 def bench(model_name: str = "smollm2-135m", batch: int = 16, seq: int = 1024, method: str = "lizard",
           precision: str = "bf16", warmup: int = 2, iters: int = 5, device: str | None = None,
-          gguf_file: str | None = None, linearize_options: dict | None = None, model=None, wrap=None) -> dict:
+          gguf_file: str | None = None, linearize_options: dict | None = None, model=None, wrap=None,
+          graph: bool = True) -> dict:
     """-> {"teacher": {tokens_per_s, step_s}, "distill": {..., ratio}, "finetune": {..., ratio}, ...}.
 
     ``model``: an already built fp32 model to use instead of loading ``model_name``; ``wrap(name, step)``
     may wrap each timed step (a profiler, say) and return the callable to time."""
     from . import convert
     from .attention_transfer import freeze_all_but_new, linear_attentions, make_transfer_loss
+    from .cuda_graph_step import GraphedStep
     from .finetune import add_lora
     from .surgery import set_mode
     from .training import build_model
@@ -83,6 +90,11 @@ def bench(model_name: str = "smollm2-135m", batch: int = 16, seq: int = 1024, me
                 p.grad = None
         return step
 
+    def run_graphed(m, loss_of_batch):
+        """The same step captured in a CUDA graph (linearize.cuda_graph_step), as training runs it."""
+        gs = GraphedStep(lambda mod, batch: (loss_of_batch(batch), {}), m, amp)
+        return lambda: gs(b)
+
     model.train()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -96,14 +108,24 @@ def bench(model_name: str = "smollm2-135m", batch: int = 16, seq: int = 1024, me
     loss_fn = make_transfer_loss(linear_attentions(model))
     t = time_step(wrap("distill", run(lambda: loss_fn(model, b)[0])), dev, warmup, iters)
     out["distill"] = {"step_s": t, "tokens_per_s": tokens / t}
+    if graph and dev.type == "cuda":
+        t = time_step(wrap("distill_graph", run_graphed(model, lambda batch: loss_fn(model, batch)[0])), dev, warmup, iters)
+        out["distill_graph"] = {"step_s": t, "tokens_per_s": tokens / t}
+        for p in model.parameters():
+            p.grad = None
 
     set_mode(model, "student")
     peft_model = add_lora(model, FinetuneConfig())
     peft_model.to(dev)
     t = time_step(wrap("finetune", run(lambda: peft_model(**b, use_cache=False).loss)), dev, warmup, iters)
     out["finetune"] = {"step_s": t, "tokens_per_s": tokens / t}
-    for k in ("distill", "finetune"):
-        out[k]["ratio_to_teacher"] = out[k]["tokens_per_s"] / out["teacher"]["tokens_per_s"]
+    if graph and dev.type == "cuda":
+        t = time_step(wrap("finetune_graph", run_graphed(peft_model, lambda batch: peft_model(**batch, use_cache=False).loss)),
+                      dev, warmup, iters)
+        out["finetune_graph"] = {"step_s": t, "tokens_per_s": tokens / t}
+    for k in STAGES:
+        if k in out:
+            out[k]["ratio_to_teacher"] = out[k]["tokens_per_s"] / out["teacher"]["tokens_per_s"]
     if dev.type == "cuda":
         out["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
     return out
@@ -120,15 +142,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph rows (distill_graph, finetune_graph)")
     ap.add_argument("--json", default=None, help="also write the result to this JSON file ('-' = stdout only JSON)")
     a = ap.parse_args(argv)
-    res = bench(a.model, a.batch, a.seq, a.method, a.precision, a.warmup, a.iters, a.device, a.gguf_file)
+    res = bench(a.model, a.batch, a.seq, a.method, a.precision, a.warmup, a.iters, a.device, a.gguf_file,
+                graph=not a.no_graph)
     if a.json == "-":
         print(json.dumps(res, indent=1))
         return res
     print(f"{res['model']} {res['method']}  batch {res['batch']} x seq {res['seq']}  {res['precision']}  on {res['device']}")
     print(f"{'':10s} {'tokens/s':>12s} {'step ms':>9s} {'vs teacher':>11s}")
-    for k in ("teacher", "distill", "finetune"):
+    for k in ("teacher",) + STAGES:
+        if k not in res:
+            continue
         r = res[k]
         ratio = f"{r['ratio_to_teacher']:.2f}x" if "ratio_to_teacher" in r else "1.00x"
         print(f"{k:10s} {r['tokens_per_s']:12.0f} {r['step_s'] * 1e3:9.1f} {ratio:>11s}")

@@ -111,6 +111,8 @@ class StageConfig:
     eval_every:      steps between held-out losses (0 = only at the end).
     eval_batches:    held-out micro-batches per evaluation.
     ckpt_every:      steps between atomic checkpoints (0 = only at the end).
+    cuda_graph:      capture each micro-step (forward + backward) in a CUDA graph and replay it, on
+                     one CUDA device in bf16 / fp32 (``linearize.cuda_graph_step``); elsewhere ignored.
     """
 
     steps: int = 100
@@ -128,6 +130,7 @@ class StageConfig:
     eval_every: int = 0
     eval_batches: int = 4
     ckpt_every: int = 50
+    cuda_graph: bool = True
 
 
 @dataclass

@@ -41,6 +41,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from .cuda_graph_step import GraphedStep, enabled_for
 from .recipes import TINY_RANDOM_LLAMA, ModelConfig, StageConfig, global_batch, split_batch, steps_for, to_dict
 
 LossFn = Callable[[torch.nn.Module, dict], "tuple[torch.Tensor, dict[str, float]]"]
@@ -329,7 +330,7 @@ def check_wrap_policy(model: torch.nn.Module, class_names: Optional[list[str]]) 
 # ------------------------------------------------------------------ recipe identity of a checkpoint
 
 #: stage keys a resumed run may change: how the global batch is split, and how often it logs
-RESUME_FREE_KEYS = ("batch_size", "grad_accum", "log_every", "eval_every", "eval_batches", "ckpt_every")
+RESUME_FREE_KEYS = ("batch_size", "grad_accum", "log_every", "eval_every", "eval_batches", "ckpt_every", "cuda_graph")
 
 
 def stage_identity(cfg: StageConfig, seq_len: int, context: Optional[dict] = None) -> dict:
@@ -573,6 +574,9 @@ def train(
         return float(acc_sum[0] / acc_sum[1])
 
     pmodel.train()
+    graphed = None
+    if cfg.cuda_graph and enabled_for(acc.device, world, cfg.mixed_precision, acc.distributed_type.name):
+        graphed = GraphedStep(loss_fn, pmodel, acc.autocast, grad_scale=1.0 / ga)
     t0 = time.perf_counter()
     step = start
     try:
@@ -582,10 +586,13 @@ def train(
             for m in range(ga):
                 idx = micro_batch_indices(n_train, step * ga + m, micro_bs, seed, rank, world, ga)
                 batch = {k: v.to(acc.device) for k, v in train_data.batch(idx).items()}
-                with acc.accumulate(pmodel):
-                    with acc.autocast():
-                        loss, extra = loss_fn(pmodel, batch)
-                    acc.backward(loss)
+                if graphed is not None:  # one process, no scaler: what acc.backward would do, replayed
+                    loss, extra = graphed(batch)
+                else:
+                    with acc.accumulate(pmodel):
+                        with acc.autocast():
+                            loss, extra = loss_fn(pmodel, batch)
+                        acc.backward(loss)
                 micro_losses.append(loss.detach().float())
                 for k, v in extra.items():  # kept on the device: one host sync per step, below
                     extras[k] = extras.get(k, 0.0) + torch.as_tensor(v, device=acc.device).detach().float() / ga
@@ -599,7 +606,7 @@ def train(
             step_loss = vals[0]
             extras = dict(zip(keys, vals[1:]))
             if not math.isfinite(step_loss):  # the same reduced value on every rank: all stop
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad(set_to_none=graphed is None)
                 raise NonFiniteLossError(step + 1, step_loss, last_good)  # 1-based, as in metrics
             grad_norm = None
             if cfg.max_grad_norm and cfg.max_grad_norm > 0:
@@ -607,7 +614,7 @@ def train(
             lr = sched.get_last_lr()[0]
             opt.step()
             sched.step()
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=graphed is None)  # a captured step adds into these very tensors
             step += 1
             last_loss = step_loss
             dt = time.perf_counter() - t_step
