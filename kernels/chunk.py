@@ -24,6 +24,8 @@ import triton.language as tl
 
 from linearize.attention.fusion import fused
 
+from . import fused_chunk
+
 
 @triton.jit
 def _fwd_h_kernel(k_ptr, v_ptr, gk_ptr, gv_ptr, h0_ptr, h_ptr, hT_ptr,
@@ -367,8 +369,6 @@ GLA_KERNELS = os.environ.get("LINEARIZE_GLA", "fused")
 
 def gla_chunked_triton(q, k, v, gk=None, gv=None, initial_state=None, chunk_size: int = 64):
     """Same contract as linearize.attention.gla.gla_chunked."""
-    from . import fused_chunk
-
     BT = chunk_size_for(chunk_size)
     if BT is None:
         from linearize.attention.gla import gla_chunked
@@ -397,8 +397,14 @@ def hybrid_chunked_triton(q, k, v, fq, fk, g, mix, window, scale, valid=None, me
     V = v.shape[-1]
     num_lin = den_lin = S = None
     if linear_enabled or return_state:
-        kk, vv = ref.lagged_keys(fk, v, g, window)
-        o_lin, S = gla_chunked_triton(fq, kk, vv, gk=g, chunk_size=chunk_size)
+        BT = chunk_size_for(chunk_size)
+        if GLA_KERNELS == "fused" and BT is not None and fused_chunk.supports(fq, v):
+            # the walk adds the normaliser's ones column itself: values stay one 64-wide block
+            kk, vv = ref.lagged_keys(fk, v, g, window, ones=False)
+            o_lin, S = fused_chunk.gla_fused_chunk(fq, kk, vv, g, None, BT, normalizer=True)
+        else:
+            kk, vv = ref.lagged_keys(fk, v, g, window)
+            o_lin, S = gla_chunked_triton(fq, kk, vv, gk=g, chunk_size=chunk_size)
         num_lin, den_lin = o_lin[..., :V], o_lin[..., V]
     o = ref.combine(num_sm, den_sm, num_lin, den_lin, mix, linear_enabled)
     if not return_state:

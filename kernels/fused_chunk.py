@@ -40,18 +40,43 @@ BK_MAX = 64  # key rows per program: a [64, 128] fp32 state is 32 KB of register
 
 
 @triton.jit
-def _load(ptr, t, cols, T, C):
-    """[BT, BC] tile of rows t, columns cols of one head's contiguous [T, C] slab (zeros outside)."""
-    return tl.load(ptr + t[:, None] * C + cols[None, :], mask=(t[:, None] < T) & (cols[None, :] < C), other=0.)
+def _load(ptr, t, cols, T, C, S):
+    """[BT, BC] tile of rows t < T, columns cols < C of one head's [T, S] row-major slab (zeros outside)."""
+    return tl.load(ptr + t[:, None] * S + cols[None, :], mask=(t[:, None] < T) & (cols[None, :] < C), other=0.)
+
+
+@triton.jit
+def _col(ptr, t, c, T, S):
+    """Column c of rows t < T of a [T, S] slab, as fp32 [BT] (zeros outside)."""
+    return tl.load(ptr + t * S + c, mask=t < T, other=0.).to(tl.float32)
+
+
+@triton.jit
+def _gated(qc, kc, gb, t, ok_, T, K, HAS_G: tl.constexpr):
+    """(q_in, k_in, k_out, G, Gl) of a chunk: the chunk-local decays applied (dot dtype of qc)."""
+    dt = qc.dtype
+    if HAS_G:
+        gc = _load(gb, t, ok_, T, K, K).to(tl.float32)
+        G = tl.cumsum(gc, axis=0)
+        Gl = tl.sum(gc, axis=0)
+        q_in = (qc * tl.exp(G)).to(dt)
+        k_in = (kc * tl.exp(-G)).to(dt)
+        k_out = (kc * tl.exp(Gl[None, :] - G)).to(dt)
+    else:
+        G = tl.zeros(qc.shape, dtype=tl.float32)
+        Gl = tl.zeros([qc.shape[1]], dtype=tl.float32)
+        q_in, k_in, k_out = qc, kc, kc
+    return q_in, k_in, k_out, G, Gl
 
 
 @triton.jit
 def _fwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h0_ptr, o_ptr, hT_ptr,
                 T, K, V, NT,
-                HAS_G: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, ATOMIC: tl.constexpr,
+                HAS_G: tl.constexpr, HAS_H0: tl.constexpr, NORM: tl.constexpr, ATOMIC: tl.constexpr,
                 BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     ik = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
+    VS = V + NORM  # o and the states carry the normaliser column (last) when NORM
     ok_ = ik * BK + tl.arange(0, BK)
     ov = tl.arange(0, BV)
     ot = tl.arange(0, BT)
@@ -60,88 +85,89 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h0_ptr, o_ptr, hT_ptr,
     kb = k_ptr + bh * T * K
     gb = g_ptr + bh * T * K
     vb = v_ptr + bh * T * V
-    ob = o_ptr + bh * T * V
+    ob = o_ptr + bh * T * VS
+    sb = bh * K * VS + ok_ * VS  # rows of this program in a [K, VS] state
     causal = ot[:, None] >= ot[None, :]
+    h = tl.zeros([BK, BV], dtype=tl.float32)
+    z = tl.zeros([BK], dtype=tl.float32)  # the normaliser's state: decayed sum of keys
     if HAS_H0:
-        h = tl.load(h0_ptr + bh * K * V + ok_[:, None] * V + ov[None, :],
-                    mask=mk[:, None] & mv[None, :], other=0.).to(tl.float32)
-    else:
-        h = tl.zeros([BK, BV], dtype=tl.float32)
+        h = tl.load(h0_ptr + sb[:, None] + ov[None, :], mask=mk[:, None] & mv[None, :], other=0.).to(tl.float32)
+        if NORM:
+            z = tl.load(h0_ptr + sb + V, mask=mk, other=0.).to(tl.float32)
     for n in range(NT):
         t = n * BT + ot
-        qc = _load(qb, t, ok_, T, K)
-        kc = _load(kb, t, ok_, T, K)
-        vc = _load(vb, t, ov, T, V)
+        qc = _load(qb, t, ok_, T, K, K)
         dt = qc.dtype
-        if HAS_G:
-            gc = _load(gb, t, ok_, T, K).to(tl.float32)
-            G = tl.cumsum(gc, axis=0)
-            Gl = tl.sum(gc, axis=0)
-            q_in = (qc * tl.exp(G)).to(dt)
-            k_in = (kc * tl.exp(-G)).to(dt)
-            k_out = (kc * tl.exp(Gl[None, :] - G)).to(dt)
-        else:
-            q_in = qc
-            k_in = kc
-            k_out = kc
-        A = tl.where(causal, tl.dot(q_in, tl.trans(k_in)), 0.).to(dt)
-        o = tl.dot(q_in, h.to(dt)) + tl.dot(A, vc.to(dt))
-        optrs = ob + t[:, None] * V + ov[None, :]
+        kc = _load(kb, t, ok_, T, K, K)
+        vc = _load(vb, t, ov, T, V, V).to(dt)
+        q_in, k_in, k_out, G, Gl = _gated(qc, kc, gb, t, ok_, T, K, HAS_G)
+        A = tl.where(causal, tl.dot(q_in, tl.trans(k_in)), 0.)
+        o = tl.dot(q_in, h.to(dt)) + tl.dot(A.to(dt), vc)
+        optrs = ob + t[:, None] * VS + ov[None, :]
         omask = (t[:, None] < T) & mv[None, :]
         if ATOMIC:
             tl.atomic_add(optrs, o, mask=omask)
         else:
             tl.store(optrs, o.to(o_ptr.dtype.element_ty), mask=omask)
-        if HAS_G:
-            h = h * tl.exp(Gl)[:, None]
-        h += tl.dot(tl.trans(k_out), vc.to(dt))
-    if STORE_HT:
-        tl.store(hT_ptr + bh * K * V + ok_[:, None] * V + ov[None, :], h, mask=mk[:, None] & mv[None, :])
+        if NORM:
+            den = tl.sum(A, axis=1) + tl.sum(q_in.to(tl.float32) * z[None, :], axis=1)
+            if ATOMIC:
+                tl.atomic_add(ob + t * VS + V, den, mask=t < T)
+            else:
+                tl.store(ob + t * VS + V, den.to(o_ptr.dtype.element_ty), mask=t < T)
+            z = z * tl.exp(Gl) + tl.sum(k_out.to(tl.float32), axis=0)
+        h = h * tl.exp(Gl)[:, None]
+        h += tl.dot(tl.trans(k_out), vc)
+    tl.store(hT_ptr + sb[:, None] + ov[None, :], h, mask=mk[:, None] & mv[None, :])
+    if NORM:
+        tl.store(hT_ptr + sb + V, z, mask=mk)
 
 
 @triton.jit
 def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h0_ptr, do_ptr, dq_ptr,
                    T, K, V, NT,
-                   HAS_G: tl.constexpr, HAS_H0: tl.constexpr,
+                   HAS_G: tl.constexpr, HAS_H0: tl.constexpr, NORM: tl.constexpr,
                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     ik = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
+    VS = V + NORM
     ok_ = ik * BK + tl.arange(0, BK)
     ov = tl.arange(0, BV)
     ot = tl.arange(0, BT)
     mk, mv = ok_ < K, ov < V
+    qb = q_ptr + bh * T * K
     kb = k_ptr + bh * T * K
     gb = g_ptr + bh * T * K
     vb = v_ptr + bh * T * V
-    dob = do_ptr + bh * T * V
+    dob = do_ptr + bh * T * VS
     dqb = dq_ptr + bh * T * K
+    sb = bh * K * VS + ok_ * VS
     causal = ot[:, None] >= ot[None, :]
+    h = tl.zeros([BK, BV], dtype=tl.float32)
+    z = tl.zeros([BK], dtype=tl.float32)
     if HAS_H0:
-        h = tl.load(h0_ptr + bh * K * V + ok_[:, None] * V + ov[None, :],
-                    mask=mk[:, None] & mv[None, :], other=0.).to(tl.float32)
-    else:
-        h = tl.zeros([BK, BV], dtype=tl.float32)
+        h = tl.load(h0_ptr + sb[:, None] + ov[None, :], mask=mk[:, None] & mv[None, :], other=0.).to(tl.float32)
+        if NORM:
+            z = tl.load(h0_ptr + sb + V, mask=mk, other=0.).to(tl.float32)
     for n in range(NT):
         t = n * BT + ot
-        kc = _load(kb, t, ok_, T, K)
-        vc = _load(vb, t, ov, T, V)
-        dt = kc.dtype
-        dc = _load(dob, t, ov, T, V).to(dt)
-        vc = vc.to(dt)
-        if HAS_G:
-            gc = _load(gb, t, ok_, T, K).to(tl.float32)
-            G = tl.cumsum(gc, axis=0)
-            Gl = tl.sum(gc, axis=0)
-            k_in = (kc * tl.exp(-G)).to(dt)
-            k_out = (kc * tl.exp(Gl[None, :] - G)).to(dt)
-        else:
-            k_in = kc
-            k_out = kc
-        dA = tl.where(causal, tl.dot(dc, tl.trans(vc)), 0.).to(dt)
+        qc = _load(qb, t, ok_, T, K, K)
+        dt = qc.dtype
+        kc = _load(kb, t, ok_, T, K, K)
+        vc = _load(vb, t, ov, T, V, V).to(dt)
+        dc = _load(dob, t, ov, T, V, VS).to(dt)
+        q_in, k_in, k_out, G, Gl = _gated(qc, kc, gb, t, ok_, T, K, HAS_G)
+        dA = tl.dot(dc, tl.trans(vc))
+        if NORM:
+            dden = _col(dob, t, V, T, VS)
+            dA += dden[:, None]
+        dA = tl.where(causal, dA, 0.).to(dt)
         dq = tl.dot(dc, tl.trans(h.to(dt))) + tl.dot(dA, k_in)
-        if HAS_G:
-            dq = dq * tl.exp(G)
-            h = h * tl.exp(Gl)[:, None]
+        if NORM:
+            dq += dden[:, None] * z[None, :]
+            z = z * tl.exp(Gl) + tl.sum(k_out.to(tl.float32), axis=0)
+        dq = dq * tl.exp(G)
+        h = h * tl.exp(Gl)[:, None]
         tl.store(dqb + t[:, None] * K + ok_[None, :], dq.to(dq_ptr.dtype.element_ty),
                  mask=(t[:, None] < T) & mk[None, :])
         h += tl.dot(tl.trans(k_out), vc)
@@ -150,10 +176,11 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h0_ptr, do_ptr, dq_ptr,
 @triton.jit
 def _bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, g_ptr, do_ptr, dq_ptr, dhT_ptr, dk_ptr, dv_ptr, dg_ptr, dh0_ptr,
                     T, K, V, NT,
-                    HAS_G: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, ATOMIC: tl.constexpr,
-                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+                    HAS_G: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, NORM: tl.constexpr,
+                    ATOMIC: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     ik = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
+    VS = V + NORM
     ok_ = ik * BK + tl.arange(0, BK)
     ov = tl.arange(0, BV)
     ot = tl.arange(0, BT)
@@ -165,45 +192,38 @@ def _bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, g_ptr, do_ptr, dq_ptr, dhT_ptr, dk_ptr,
     dkb = dk_ptr + bh * T * K
     dgb = dg_ptr + bh * T * K
     vb = v_ptr + bh * T * V
-    dob = do_ptr + bh * T * V
+    dob = do_ptr + bh * T * VS
     dvb = dv_ptr + bh * T * V
+    sb = bh * K * VS + ok_ * VS
     causal = ot[:, None] >= ot[None, :]
+    D = tl.zeros([BK, BV], dtype=tl.float32)  # dL/d(state at the end of the chunk being walked)
+    Dz = tl.zeros([BK], dtype=tl.float32)     # the same for the normaliser's state
     if HAS_DHT:
-        D = tl.load(dhT_ptr + bh * K * V + ok_[:, None] * V + ov[None, :],
-                    mask=mk[:, None] & mv[None, :], other=0.).to(tl.float32)
-    else:
-        D = tl.zeros([BK, BV], dtype=tl.float32)
+        D = tl.load(dhT_ptr + sb[:, None] + ov[None, :], mask=mk[:, None] & mv[None, :], other=0.).to(tl.float32)
+        if NORM:
+            Dz = tl.load(dhT_ptr + sb + V, mask=mk, other=0.).to(tl.float32)
     carry = tl.zeros([BK], dtype=tl.float32)  # sum over later chunks of (q dq - k dk)
     for i in range(NT):
         n = NT - 1 - i
         t = n * BT + ot
-        qc = _load(qb, t, ok_, T, K)
-        kc = _load(kb, t, ok_, T, K)
+        qc = _load(qb, t, ok_, T, K, K)
         dt = qc.dtype
-        vc = _load(vb, t, ov, T, V).to(dt)
-        dc = _load(dob, t, ov, T, V).to(dt)
-        if HAS_G:
-            gc = _load(gb, t, ok_, T, K).to(tl.float32)
-            G = tl.cumsum(gc, axis=0)
-            Gl = tl.sum(gc, axis=0)
-            e_in = tl.exp(-G)
-            e_out = tl.exp(Gl[None, :] - G)
-            q_in = (qc * tl.exp(G)).to(dt)
-            k_in = (kc * e_in).to(dt)
-            k_out = (kc * e_out).to(dt)
-        else:
-            q_in = qc
-            k_in = kc
-            k_out = kc
+        kc = _load(kb, t, ok_, T, K, K)
+        vc = _load(vb, t, ov, T, V, V).to(dt)
+        dc = _load(dob, t, ov, T, V, VS).to(dt)
+        q_in, k_in, k_out, G, Gl = _gated(qc, kc, gb, t, ok_, T, K, HAS_G)
         A = tl.where(causal, tl.dot(q_in, tl.trans(k_in)), 0.).to(dt)
-        dA = tl.where(causal, tl.dot(dc, tl.trans(vc)), 0.).to(dt)
+        dA = tl.dot(dc, tl.trans(vc))
+        if NORM:
+            dden = _col(dob, t, V, T, VS)
+            dA += dden[:, None]
+        dA = tl.where(causal, dA, 0.).to(dt)
         Dd = D.to(dt)
         dk_in = tl.dot(tl.trans(dA), q_in)
         dk_out = tl.dot(vc, tl.trans(Dd))
-        if HAS_G:
-            dk = dk_in * e_in + dk_out * e_out
-        else:
-            dk = dk_in + dk_out
+        if NORM:
+            dk_out += Dz[None, :]
+        dk = dk_in * tl.exp(-G) + dk_out * tl.exp(Gl[None, :] - G)
         dv = tl.dot(tl.trans(A), dc) + tl.dot(k_out, Dd)
         rmask = t[:, None] < T
         tl.store(dkb + t[:, None] * K + ok_[None, :], dk.to(dk_ptr.dtype.element_ty), mask=rmask & mk[None, :])
@@ -213,16 +233,20 @@ def _bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, g_ptr, do_ptr, dq_ptr, dhT_ptr, dk_ptr,
         else:
             tl.store(dvptrs, dv.to(dv_ptr.dtype.element_ty), mask=rmask & mv[None, :])
         if HAS_G:
-            dqc = _load(dqb, t, ok_, T, K).to(tl.float32)
+            dqc = _load(dqb, t, ok_, T, K, K).to(tl.float32)
             x = qc.to(tl.float32) * dqc - kc.to(tl.float32) * dk
             tot = tl.sum(x, axis=0)
             dg = carry[None, :] + tot[None, :] - tl.cumsum(x, axis=0) + x  # sum over s >= t
             tl.store(dgb + t[:, None] * K + ok_[None, :], dg.to(dg_ptr.dtype.element_ty), mask=rmask & mk[None, :])
             carry += tot
-            D = D * tl.exp(Gl)[:, None]
+        D = D * tl.exp(Gl)[:, None]
         D += tl.dot(tl.trans(q_in), dc)
+        if NORM:
+            Dz = Dz * tl.exp(Gl) + tl.sum(q_in.to(tl.float32) * dden[:, None], axis=0)
     if STORE_DH0:
-        tl.store(dh0_ptr + bh * K * V + ok_[:, None] * V + ov[None, :], D, mask=mk[:, None] & mv[None, :])
+        tl.store(dh0_ptr + sb[:, None] + ov[None, :], D, mask=mk[:, None] & mv[None, :])
+        if NORM:
+            tl.store(dh0_ptr + sb + V, Dz, mask=mk)
 
 
 def supports(q, v, gv=None) -> bool:
@@ -246,21 +270,23 @@ def _cont(x):
 
 class FusedChunkGLA(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, g, h0, BT):
+    def forward(ctx, q, k, v, g, h0, BT, norm=False):
         q, k, v, g = _cont(q), _cont(k), _cont(v), _cont(g)
         B, H, T, K = q.shape
         V = v.shape[-1]
+        VS = V + int(norm)
         BK, BV, NK = _blocks(K, V)
         atomic = NK > 1  # key blocks add their partial outputs
-        o = torch.zeros(B, H, T, V, device=q.device, dtype=torch.float32) if atomic else torch.empty_like(v, dtype=q.dtype)
-        hT = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
+        o = torch.zeros(B, H, T, VS, device=q.device, dtype=torch.float32) if atomic else \
+            torch.empty(B, H, T, VS, device=q.device, dtype=q.dtype)
+        hT = torch.empty(B, H, K, VS, device=q.device, dtype=torch.float32)
         h0c = None if h0 is None else h0.float().contiguous()
         _fwd_kernel[(NK, B * H)](
             q, k, v, q if g is None else g, hT if h0c is None else h0c, o, hT, T, K, V, triton.cdiv(T, BT),
-            HAS_G=g is not None, HAS_H0=h0c is not None, STORE_HT=True, ATOMIC=atomic,
+            HAS_G=g is not None, HAS_H0=h0c is not None, NORM=int(norm), ATOMIC=atomic,
             BT=BT, BK=BK, BV=BV, num_warps=_warps(BK, BV))
         ctx.save_for_backward(q, k, v, g, h0c, hT)
-        ctx.BT = BT
+        ctx.BT, ctx.norm = BT, norm
         ctx.dtypes = (q.dtype, k.dtype, v.dtype, None if g is None else g.dtype, None if h0 is None else h0.dtype)
         return o.to(q.dtype), hT
 
@@ -270,40 +296,43 @@ class FusedChunkGLA(torch.autograd.Function):
         qdt, kdt, vdt, gdt, h0dt = ctx.dtypes
         B, H, T, K = q.shape
         V = v.shape[-1]
-        BT = ctx.BT
+        BT, norm = ctx.BT, ctx.norm
         BK, BV, NK = _blocks(K, V)
         NT = triton.cdiv(T, BT)
         atomic = NK > 1  # key blocks add their partial dv
-        do = torch.zeros_like(v) if do is None else do.to(v.dtype).contiguous()
+        do = torch.zeros(B, H, T, V + int(norm), device=q.device, dtype=v.dtype) if do is None else \
+            do.to(v.dtype).contiguous()
         warps = _warps(BK, BV)
         # dq in fp32: the gate's gradient reads it back (q dq - k dk nearly cancel)
         dq = torch.empty_like(q, dtype=torch.float32)
         _bwd_dq_kernel[(NK, B * H)](
             q, k, v, q if g is None else g, hT if h0c is None else h0c, do, dq, T, K, V, NT,
-            HAS_G=g is not None, HAS_H0=h0c is not None, BT=BT, BK=BK, BV=BV, num_warps=warps)
+            HAS_G=g is not None, HAS_H0=h0c is not None, NORM=int(norm), BT=BT, BK=BK, BV=BV, num_warps=warps)
         dk = torch.empty_like(dq)
         dg = torch.empty_like(dq) if g is not None else dq
         dv = torch.zeros_like(v, dtype=torch.float32) if atomic else torch.empty_like(v)
-        dh0 = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32) if h0c is not None else hT
+        dh0 = torch.empty_like(hT) if h0c is not None else hT
         dhT = None if dS is None else dS.float().contiguous()
         _bwd_dkv_kernel[(NK, B * H)](
             q, k, v, q if g is None else g, do, dq, hT if dhT is None else dhT, dk, dv, dg, dh0, T, K, V, NT,
-            HAS_G=g is not None, HAS_DHT=dhT is not None, STORE_DH0=h0c is not None, ATOMIC=atomic,
-            BT=BT, BK=BK, BV=BV, num_warps=warps)
+            HAS_G=g is not None, HAS_DHT=dhT is not None, STORE_DH0=h0c is not None, NORM=int(norm),
+            ATOMIC=atomic, BT=BT, BK=BK, BV=BV, num_warps=warps)
         dgk = None
         if g is not None:
             if dS is not None:  # the final state's term reaches every step's gate (it sits at t = T-1)
                 dg = dg + (dS.float() * hT).sum(-1).unsqueeze(2)
             dgk = dg.to(gdt)
         return (dq.to(qdt), dk.to(kdt), dv.to(vdt), dgk,
-                dh0.to(h0dt) if h0c is not None else None, None)
+                dh0.to(h0dt) if h0c is not None else None, None, None)
 
 
-def gla_fused_chunk(q, k, v, gk=None, initial_state=None, chunk_size: int = 64):
+def gla_fused_chunk(q, k, v, gk=None, initial_state=None, chunk_size: int = 64, normalizer: bool = False):
     """Same contract as linearize.attention.gla.gla_chunked for ``gv=None`` and V <= MAX_V:
     q, k: [B, H, T, K]; v: [B, H, T, V]; gk: [B, H, T, K] log-decay or None; initial_state:
-    [B, H, K, V] or None. Returns (o [B, H, T, V] in q's dtype, final state [B, H, K, V] fp32).
+    [B, H, K, V'] or None. Returns (o [B, H, T, V'] in q's dtype, final state [B, H, K, V'] fp32).
+    ``normalizer``: V' = V + 1, as if v had a ones column appended (the hybrids' normaliser: the
+    last column of o is q . the decayed sum of keys) without reading or storing it.
     ``chunk_size`` is the kernel's BT (a power of two, 16..64, as chunk.chunk_size_for gives)."""
     if v.shape[-1] > MAX_V:
         raise ValueError(f"gla_fused_chunk: value width {v.shape[-1]} > {MAX_V}; use chunk.gla_chunked_triton")
-    return FusedChunkGLA.apply(q, k, v, gk, initial_state, chunk_size)
+    return FusedChunkGLA.apply(q, k, v, gk, initial_state, chunk_size, normalizer)

@@ -81,6 +81,30 @@ def test_chunk_gla_forward_backward(T, K, V, which, h0, kernels):
         close(a, b, tol=5e-4, what=name)
 
 
+@pytest.mark.parametrize("T,K,V,gated,h0", [(37, 16, 24, True, True), (70, 80, 16, True, False), (41, 16, 16, False, True)])
+def test_fused_chunk_normalizer_column(T, K, V, gated, h0):
+    """normalizer=True equals GLA over v with a ones column appended (the hybrids' normaliser), the
+    state's extra column and its gradients included."""
+    gen = torch.Generator().manual_seed(T + K)
+    B, H = 2, 3
+    q, k = torch.randn(B, H, T, K, generator=gen), torch.randn(B, H, T, K, generator=gen)
+    v = torch.randn(B, H, T, V, generator=gen)
+    g = gate((B, H, T, K), gen) if gated else None
+    s0 = torch.randn(B, H, K, V + 1, generator=gen) if h0 else None
+    leaves = [x for x in (q, k, v, g, s0) if x is not None]
+    for x in leaves:
+        x.requires_grad_(True)
+    do, dS = torch.randn(B, H, T, V + 1, generator=gen), torch.randn(B, H, K, V + 1, generator=gen)
+    o_ref, S_ref = gla.gla_parallel(q, k, torch.cat([v, torch.ones_like(v[..., :1])], -1), g, None, s0)
+    g_ref = torch.autograd.grad((o_ref * do).sum() + (S_ref * dS).sum(), leaves)
+    o, S = fused_chunk.gla_fused_chunk(q, k, v, g, s0, chunk_size=16, normalizer=True)
+    grads = torch.autograd.grad((o * do).sum() + (S * dS).sum(), leaves)
+    close(o, o_ref, what="o")
+    close(S, S_ref, what="state")
+    for a, b in zip(grads, g_ref):
+        close(a, b, tol=5e-4, what="grad")
+
+
 def hybrid_inputs(B, H, rep, T, D, F, W, gated, meta, gen, valid=False):
     q = torch.randn(B, H, T, D, generator=gen)
     k = gqa(B, H // rep, rep, T, D, gen)
@@ -102,7 +126,11 @@ def hybrid_inputs(B, H, rep, T, D, F, W, gated, meta, gen, valid=False):
 
 
 @pytest.mark.parametrize("gated,meta", [(False, False), (True, True)])
-def test_hybrid_chunked_forward_backward(gated, meta):
+@pytest.mark.parametrize("kernels", ["fused", "stored"])
+def test_hybrid_chunked_forward_backward(gated, meta, kernels, monkeypatch):
+    """The hybrid's linear half through the fused walk (normaliser column added in the kernel) and
+    through the stored-state kernels (ones column in the values)."""
+    monkeypatch.setattr(chunk, "GLA_KERNELS", kernels)
     gen = torch.Generator().manual_seed(11 + gated)
     B, H, rep, T, D, F, W = 2, 4, 2, 45, 16, 16, 5
     a = hybrid_inputs(B, H, rep, T, D, F, W, gated, meta, gen)
