@@ -1,5 +1,6 @@
 """GPU correctness checks (bf16 on CUDA) run before the benchmarks: kernels vs references, and
-fast_generate (CUDA graph) vs HF generate on a tiny model. Prints one line per check."""
+fast_generate (CUDA graph) vs HF generate on a tiny model. Prints one line per check.
+    python3 benchmarks/gpu_check.py [name substrings: only those checks]"""
 import time
 import traceback
 
@@ -222,7 +223,15 @@ def generate_graph_equals_hf():
 
 
 if __name__ == "__main__":
+    import sys
+
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
+    only = sys.argv[1:]  # name substrings: run just those checks
+    _check = check
+
+    def check(name, fn):  # noqa: F811
+        if not only or any(o in name for o in only):
+            _check(name, fn)
     check("chunk_gla_bf16_vs_fp32_ref", chunk_gla_bf16)
     check("chunk_gla_bf16_vs_fp32_ref_V65", lambda: chunk_gla_bf16(65))
     check("chunk_gla_fused_bf16_vs_fp32_ref_V64", lambda: chunk_gla_bf16(64))
