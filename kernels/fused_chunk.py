@@ -31,10 +31,13 @@ import triton
 import triton.language as tl
 
 MAX_V = 128  # one value block per program: dq and dk then need no sum over value blocks
-# Where gla_chunked_triton takes the walk: on the H100 (session 8) it beat the stored-state kernels 2x
-# with 64-wide values (B16 H9 T1024 K64: fwd+bwd 0.93 vs 1.85 ms) and lost with a 128-wide block
-# (K128 V65: 4.4 vs 1.8 ms; B1 H32 T16K K128 V128: 12.1 vs 8.4 ms): the [64, 128] fp32 state and
-# its tiles no longer fit in registers.
+# Where gla_chunked_triton and the hybrid take the walk: one key block and one value block of at most
+# 64 (no atomics). On the H100 (session 8) it beat the stored-state kernels 2x there (B16 H9 T1024
+# K64 V64: fwd+bwd 0.93 vs 1.85 ms) and lost elsewhere: with a 128-wide value block (K128 V65: 4.4 vs
+# 1.8 ms; B1 H32 T16K K128 V128: 12.1 vs 8.4 ms; the [64, 128] fp32 state and its tiles no longer fit
+# in registers) and with two key blocks adding atomically (the SmolLM2 hybrid layer, F = 128, with the
+# normaliser column in the kernel: fwd+bwd 4.28 vs 3.62 ms, benchmarks/bench_hybrid_layer.py).
+FASTER_K = 64
 FASTER_V = 64
 BK_MAX = 64  # key rows per program: a [64, 128] fp32 state is 32 KB of registers
 
@@ -250,8 +253,9 @@ def _bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, g_ptr, do_ptr, dq_ptr, dhT_ptr, dk_ptr,
 
 
 def supports(q, v, gv=None) -> bool:
-    """True when gla_chunked_triton sends this call here: no value gate, values at most FASTER_V wide."""
-    return gv is None and v.shape[-1] <= FASTER_V
+    """True when gla_chunked_triton (and the hybrid) send this call here: no value gate, keys and
+    values at most FASTER_K / FASTER_V wide."""
+    return gv is None and q.shape[-1] <= FASTER_K and v.shape[-1] <= FASTER_V
 
 
 def _blocks(K, V):
