@@ -20,9 +20,13 @@ one program per (key block of BK rows, batch x head), the whole value width in o
                  dg = reverse cumsum over time of (q dq - k dk)
              and D <- e^Gl D + q_in^T do; the last D is dL/dh_0.
 
-Inputs and outputs are [B, H, T, C] (contiguous in the last dim); T need not be a multiple of BT
-(rows past T load as zeros: no write, no decay). Only V <= MAX_V (one value block) and no value
-gate: ``supports`` says when; chunk.py handles the rest.
+The hybrids' normaliser (``normalizer=True``): as if v had a ones column appended, without reading
+or storing it: a key-sum state z [K] beside h, o's last column q_in z + rowsum(tril(q_in k_in^T)),
+and its gradient terms (dA += dden, dq += dden z, dk_out += Dz).
+
+Inputs are [B, H, T, C], made contiguous; T need not be a multiple of BT (rows past T load as zeros:
+no write, no decay). Only V <= MAX_V (one value block) and no value gate; ``supports`` says where
+gla_chunked_triton and the hybrid use it (where it measured faster), chunk.py's kernels do the rest.
 """
 from __future__ import annotations
 
@@ -127,7 +131,7 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h0_ptr, o_ptr, hT_ptr,
 
 
 @triton.jit
-def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h0_ptr, do_ptr, dq_ptr,
+def _bwd_dq_kernel(k_ptr, v_ptr, g_ptr, h0_ptr, do_ptr, dq_ptr,
                    T, K, V, NT,
                    HAS_G: tl.constexpr, HAS_H0: tl.constexpr, NORM: tl.constexpr,
                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
@@ -138,7 +142,6 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h0_ptr, do_ptr, dq_ptr,
     ov = tl.arange(0, BV)
     ot = tl.arange(0, BT)
     mk, mv = ok_ < K, ov < V
-    qb = q_ptr + bh * T * K
     kb = k_ptr + bh * T * K
     gb = g_ptr + bh * T * K
     vb = v_ptr + bh * T * V
@@ -154,12 +157,11 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h0_ptr, do_ptr, dq_ptr,
             z = tl.load(h0_ptr + sb + V, mask=mk, other=0.).to(tl.float32)
     for n in range(NT):
         t = n * BT + ot
-        qc = _load(qb, t, ok_, T, K, K)
-        dt = qc.dtype
         kc = _load(kb, t, ok_, T, K, K)
+        dt = kc.dtype
         vc = _load(vb, t, ov, T, V, V).to(dt)
         dc = _load(dob, t, ov, T, V, VS).to(dt)
-        q_in, k_in, k_out, G, Gl = _gated(qc, kc, gb, t, ok_, T, K, HAS_G)
+        _, k_in, k_out, G, Gl = _gated(kc, kc, gb, t, ok_, T, K, HAS_G)  # dq needs no q
         dA = tl.dot(dc, tl.trans(vc))
         if NORM:
             dden = _col(dob, t, V, T, VS)
@@ -310,7 +312,7 @@ class FusedChunkGLA(torch.autograd.Function):
         # dq in fp32: the gate's gradient reads it back (q dq - k dk nearly cancel)
         dq = torch.empty_like(q, dtype=torch.float32)
         _bwd_dq_kernel[(NK, B * H)](
-            q, k, v, q if g is None else g, hT if h0c is None else h0c, do, dq, T, K, V, NT,
+            k, v, q if g is None else g, hT if h0c is None else h0c, do, dq, T, K, V, NT,
             HAS_G=g is not None, HAS_H0=h0c is not None, NORM=int(norm), BT=BT, BK=BK, BV=BV, num_warps=warps)
         dk = torch.empty_like(dq)
         dg = torch.empty_like(dq) if g is not None else dq
