@@ -6,7 +6,8 @@ autograd and torch.compile's wrappers take longer to issue them than the GPU tak
 step at once.
 
     step = GraphedStep(loss_fn, model, autocast, grad_scale=1 / grad_accum)
-    loss, extras = step(batch)      # batch: {name: tensor [B, L]} of the captured shapes
+    loss, extras = step(batch)      # batch: {name: tensor [B, L]} of the captured shapes; the
+                                    # outputs are copies, valid after the next call too
 
 The first call (per batch shape) warms up on a side stream (torch.compile and Triton compile
 there), then captures ``loss_fn(model, batch)`` and ``(loss * grad_scale).backward()``. Gradients
@@ -89,7 +90,10 @@ class GraphedStep:
             if v is not None:
                 self.static[k].copy_(v, non_blocking=True)
         self.graph.replay()
-        return self.out
+        # the next replay overwrites the static outputs: hand out copies (a caller may keep the
+        # losses of several micro-batches before reading them)
+        loss, extras = self.out
+        return loss.clone(), {k: (v.clone() if torch.is_tensor(v) else v) for k, v in extras.items()}
 
     def _capture(self, plain: dict, key) -> None:
         params = self._params()
