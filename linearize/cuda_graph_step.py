@@ -81,10 +81,6 @@ class GraphedStep:
                 warnings.warn(f"CUDA graph capture of the training step failed ({type(e).__name__}: {e}); "
                               "training continues without it")
                 self.failed, self.graph = True, None
-                torch.cuda.synchronize()
-                for p in self._params():
-                    if p.grad is not None:
-                        p.grad.zero_()
                 return self._eager(batch)
         for k, v in plain.items():
             if v is not None:
@@ -98,6 +94,15 @@ class GraphedStep:
     def _capture(self, plain: dict, key) -> None:
         params = self._params()
         saved = [None if p.grad is None else p.grad.detach().clone() for p in params]
+        try:
+            self._warm_up_and_capture(plain, key, params, saved)
+        except Exception:
+            torch.cuda.synchronize()
+            for p, g in zip(params, saved):  # the gradients the caller had (earlier micro-batches)
+                p.grad = g
+            raise
+
+    def _warm_up_and_capture(self, plain: dict, key, params, saved) -> None:
         self.static = {k: (None if v is None else v.clone()) for k, v in plain.items()}
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
