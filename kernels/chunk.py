@@ -362,8 +362,9 @@ def chunk_size_for(chunk_size: int) -> int | None:
     return min(64, 1 << (int(chunk_size).bit_length() - 1))
 
 
-# "fused": the state walks in registers (fused_chunk.py) where they apply; "stored": always the
-# kernels above, which store every chunk's state (value gates, values wider than one block)
+# "fused": the walk that keeps the state in registers (fused_chunk.py) where it measured faster
+# (fused_chunk.supports: no value gate, keys and values at most 64 wide), these kernels elsewhere;
+# "stored": these kernels, which store every chunk's state, always
 GLA_KERNELS = os.environ.get("LINEARIZE_GLA", "fused")
 
 
