@@ -10,7 +10,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import linearize.kernels  # noqa: F401
-from linearize.bench_train import bench
+from linearize.bench_train import STAGES, bench
 from linearize.kernels.bench import smollm2_like
 
 method = sys.argv[1] if len(sys.argv) > 1 else "lizard"
@@ -38,6 +38,8 @@ def wrap(name, step):
 
 
 res = bench("smollm2-shape", B, T, method, model=model, wrap=wrap, warmup=3, iters=5)
-for k in ("teacher", "distill", "finetune"):
+for k in ("teacher",) + STAGES:  # the *_graph rows: the same steps replayed from CUDA graphs
+    if k not in res:
+        continue
     r = res[k]
     print(f"{k:10s} {r['tokens_per_s']:10.0f} tok/s {r['step_s'] * 1e3:8.1f} ms  x{r.get('ratio_to_teacher', 1):.2f}")
