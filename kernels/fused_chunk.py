@@ -77,6 +77,46 @@ def _gated(qc, kc, gb, t, ok_, T, K, HAS_G: tl.constexpr):
 
 
 @triton.jit
+def _load_state(ptr, sb, ov, V, mk, mv, NORM: tl.constexpr, HAS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """(this program's rows of a [K, V (+1)] fp32 state, its normaliser column [BK]); zeros if not HAS."""
+    h = tl.zeros([BK, BV], dtype=tl.float32)
+    z = tl.zeros([BK], dtype=tl.float32)
+    if HAS:
+        h = tl.load(ptr + sb[:, None] + ov[None, :], mask=mk[:, None] & mv[None, :], other=0.).to(tl.float32)
+        if NORM:
+            z = tl.load(ptr + sb + V, mask=mk, other=0.).to(tl.float32)
+    return h, z
+
+
+@triton.jit
+def _store_state(ptr, sb, ov, V, mk, mv, h, z, NORM: tl.constexpr):
+    tl.store(ptr + sb[:, None] + ov[None, :], h, mask=mk[:, None] & mv[None, :])
+    if NORM:
+        tl.store(ptr + sb + V, z, mask=mk)
+
+
+@triton.jit
+def _advance(h, z, k_out, vc, Gl, NORM: tl.constexpr):
+    """The state past one chunk: h <- e^Gl h + k_out^T v, z <- e^Gl z + colsum(k_out)."""
+    if NORM:
+        z = z * tl.exp(Gl) + tl.sum(k_out.to(tl.float32), axis=0)
+    h = h * tl.exp(Gl)[:, None]
+    h += tl.dot(tl.trans(k_out), vc)
+    return h, z
+
+
+@triton.jit
+def _grad_scores(dc, vc, dob, t, V, T, VS, causal, NORM: tl.constexpr):
+    """(dA = tril(do v^T) [+ dden for the normaliser column], dden [BT] fp32: zeros without NORM)."""
+    dA = tl.dot(dc, tl.trans(vc))
+    dden = tl.zeros([dc.shape[0]], dtype=tl.float32)
+    if NORM:
+        dden = _col(dob, t, V, T, VS)
+        dA += dden[:, None]
+    return tl.where(causal, dA, 0.).to(dc.dtype), dden
+
+
+@triton.jit
 def _fwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h0_ptr, o_ptr, hT_ptr,
                 T, K, V, NT,
                 HAS_G: tl.constexpr, HAS_H0: tl.constexpr, NORM: tl.constexpr, ATOMIC: tl.constexpr,
@@ -95,12 +135,8 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h0_ptr, o_ptr, hT_ptr,
     ob = o_ptr + bh * T * VS
     sb = bh * K * VS + ok_ * VS  # rows of this program in a [K, VS] state
     causal = ot[:, None] >= ot[None, :]
-    h = tl.zeros([BK, BV], dtype=tl.float32)
-    z = tl.zeros([BK], dtype=tl.float32)  # the normaliser's state: decayed sum of keys
-    if HAS_H0:
-        h = tl.load(h0_ptr + sb[:, None] + ov[None, :], mask=mk[:, None] & mv[None, :], other=0.).to(tl.float32)
-        if NORM:
-            z = tl.load(h0_ptr + sb + V, mask=mk, other=0.).to(tl.float32)
+    # z: the normaliser's state, a decayed sum of keys
+    h, z = _load_state(h0_ptr, sb, ov, V, mk, mv, NORM, HAS_H0, BK, BV)
     for n in range(NT):
         t = n * BT + ot
         qc = _load(qb, t, ok_, T, K, K)
@@ -122,12 +158,8 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, h0_ptr, o_ptr, hT_ptr,
                 tl.atomic_add(ob + t * VS + V, den, mask=t < T)
             else:
                 tl.store(ob + t * VS + V, den.to(o_ptr.dtype.element_ty), mask=t < T)
-            z = z * tl.exp(Gl) + tl.sum(k_out.to(tl.float32), axis=0)
-        h = h * tl.exp(Gl)[:, None]
-        h += tl.dot(tl.trans(k_out), vc)
-    tl.store(hT_ptr + sb[:, None] + ov[None, :], h, mask=mk[:, None] & mv[None, :])
-    if NORM:
-        tl.store(hT_ptr + sb + V, z, mask=mk)
+        h, z = _advance(h, z, k_out, vc, Gl, NORM)
+    _store_state(hT_ptr, sb, ov, V, mk, mv, h, z, NORM)
 
 
 @triton.jit
@@ -149,12 +181,7 @@ def _bwd_dq_kernel(k_ptr, v_ptr, g_ptr, h0_ptr, do_ptr, dq_ptr,
     dqb = dq_ptr + bh * T * K
     sb = bh * K * VS + ok_ * VS
     causal = ot[:, None] >= ot[None, :]
-    h = tl.zeros([BK, BV], dtype=tl.float32)
-    z = tl.zeros([BK], dtype=tl.float32)
-    if HAS_H0:
-        h = tl.load(h0_ptr + sb[:, None] + ov[None, :], mask=mk[:, None] & mv[None, :], other=0.).to(tl.float32)
-        if NORM:
-            z = tl.load(h0_ptr + sb + V, mask=mk, other=0.).to(tl.float32)
+    h, z = _load_state(h0_ptr, sb, ov, V, mk, mv, NORM, HAS_H0, BK, BV)
     for n in range(NT):
         t = n * BT + ot
         kc = _load(kb, t, ok_, T, K, K)
@@ -162,20 +189,14 @@ def _bwd_dq_kernel(k_ptr, v_ptr, g_ptr, h0_ptr, do_ptr, dq_ptr,
         vc = _load(vb, t, ov, T, V, V).to(dt)
         dc = _load(dob, t, ov, T, V, VS).to(dt)
         _, k_in, k_out, G, Gl = _gated(kc, kc, gb, t, ok_, T, K, HAS_G)  # dq needs no q
-        dA = tl.dot(dc, tl.trans(vc))
-        if NORM:
-            dden = _col(dob, t, V, T, VS)
-            dA += dden[:, None]
-        dA = tl.where(causal, dA, 0.).to(dt)
+        dA, dden = _grad_scores(dc, vc, dob, t, V, T, VS, causal, NORM)
         dq = tl.dot(dc, tl.trans(h.to(dt))) + tl.dot(dA, k_in)
         if NORM:
             dq += dden[:, None] * z[None, :]
-            z = z * tl.exp(Gl) + tl.sum(k_out.to(tl.float32), axis=0)
         dq = dq * tl.exp(G)
-        h = h * tl.exp(Gl)[:, None]
         tl.store(dqb + t[:, None] * K + ok_[None, :], dq.to(dq_ptr.dtype.element_ty),
                  mask=(t[:, None] < T) & mk[None, :])
-        h += tl.dot(tl.trans(k_out), vc)
+        h, z = _advance(h, z, k_out, vc, Gl, NORM)
 
 
 @triton.jit
@@ -201,12 +222,8 @@ def _bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, g_ptr, do_ptr, dq_ptr, dhT_ptr, dk_ptr,
     dvb = dv_ptr + bh * T * V
     sb = bh * K * VS + ok_ * VS
     causal = ot[:, None] >= ot[None, :]
-    D = tl.zeros([BK, BV], dtype=tl.float32)  # dL/d(state at the end of the chunk being walked)
-    Dz = tl.zeros([BK], dtype=tl.float32)     # the same for the normaliser's state
-    if HAS_DHT:
-        D = tl.load(dhT_ptr + sb[:, None] + ov[None, :], mask=mk[:, None] & mv[None, :], other=0.).to(tl.float32)
-        if NORM:
-            Dz = tl.load(dhT_ptr + sb + V, mask=mk, other=0.).to(tl.float32)
+    # D: dL/d(state at the end of the chunk being walked); Dz: the same for the normaliser's state
+    D, Dz = _load_state(dhT_ptr, sb, ov, V, mk, mv, NORM, HAS_DHT, BK, BV)
     carry = tl.zeros([BK], dtype=tl.float32)  # sum over later chunks of (q dq - k dk)
     for i in range(NT):
         n = NT - 1 - i
@@ -218,11 +235,7 @@ def _bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, g_ptr, do_ptr, dq_ptr, dhT_ptr, dk_ptr,
         dc = _load(dob, t, ov, T, V, VS).to(dt)
         q_in, k_in, k_out, G, Gl = _gated(qc, kc, gb, t, ok_, T, K, HAS_G)
         A = tl.where(causal, tl.dot(q_in, tl.trans(k_in)), 0.).to(dt)
-        dA = tl.dot(dc, tl.trans(vc))
-        if NORM:
-            dden = _col(dob, t, V, T, VS)
-            dA += dden[:, None]
-        dA = tl.where(causal, dA, 0.).to(dt)
+        dA, dden = _grad_scores(dc, vc, dob, t, V, T, VS, causal, NORM)
         Dd = D.to(dt)
         dk_in = tl.dot(tl.trans(dA), q_in)
         dk_out = tl.dot(vc, tl.trans(Dd))
@@ -249,9 +262,7 @@ def _bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, g_ptr, do_ptr, dq_ptr, dhT_ptr, dk_ptr,
         if NORM:
             Dz = Dz * tl.exp(Gl) + tl.sum(q_in.to(tl.float32) * dden[:, None], axis=0)
     if STORE_DH0:
-        tl.store(dh0_ptr + sb[:, None] + ov[None, :], D, mask=mk[:, None] & mv[None, :])
-        if NORM:
-            tl.store(dh0_ptr + sb + V, Dz, mask=mk)
+        _store_state(dh0_ptr, sb, ov, V, mk, mv, D, Dz, NORM)
 
 
 def supports(q, v, gv=None) -> bool:
