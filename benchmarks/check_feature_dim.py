@@ -23,12 +23,10 @@ dev = "cuda"
 
 
 def model(feature_dim):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from linearize.kernels.bench import smollm2_like
 
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=4,
-                      num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    m = convert(LlamaForCausalLM(cfg), LinearizeConfig(method="lizard", feature_dim=feature_dim))
+    m = convert(smollm2_like(None, dev, torch.bfloat16, num_layers=4)[0],
+                LinearizeConfig(method="lizard", feature_dim=feature_dim))
     return m.to(dev, torch.bfloat16).eval()
 
 

@@ -16,15 +16,11 @@ from linearize import LinearizeConfig, convert
 from linearize.attention_transfer import distill
 from linearize.data import BlockDataset
 from linearize.finetune import finetune
+from linearize.kernels.bench import smollm2_like
 from linearize.recipes import DistillConfig, FinetuneConfig, RunConfig
 from linearize.training import read_metrics
 
-from transformers import LlamaConfig, LlamaForCausalLM
-
-torch.manual_seed(0)
-cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=4,
-                  num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True)
-base = convert(LlamaForCausalLM(cfg), LinearizeConfig(method="lizard")).cuda()
+base = convert(smollm2_like(None, "cuda", torch.float32, num_layers=4)[0], LinearizeConfig(method="lizard"))
 rng = np.random.default_rng(0)
 data = BlockDataset(rng.integers(0, 49152, 64 * 1024 * 16).astype(np.uint16), 1024)
 out = {}

@@ -140,12 +140,18 @@ def gsa_chunk_and_steps():
     return out
 
 
+def tiny_llama():
+    """A 2-layer random Llama (fp32, CPU; vocab 101, 4 heads / 2 kv heads) for the end-to-end checks."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(vocab_size=101, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512))
+
+
 def graphed_training_equals_eager():
     """Three optimizer steps of two accumulated micro-batches each, eager vs replayed from a CUDA graph
     (linearize.cuda_graph_step), for the stage-1 loss and an LM loss: same losses, same parameters."""
     import copy
-
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from linearize import LinearizeConfig, convert
     from linearize.attention_transfer import freeze_all_but_new, linear_attentions, make_transfer_loss
@@ -153,9 +159,7 @@ def graphed_training_equals_eager():
     from linearize.surgery import set_mode
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=101, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
-    base = convert(LlamaForCausalLM(cfg), LinearizeConfig(method="lizard", window=16, feature_dim=32, chunk_size=32)).to(dev)
+    base = convert(tiny_llama(), LinearizeConfig(method="lizard", window=16, feature_dim=32, chunk_size=32)).to(dev)
     freeze_all_but_new(base)
     out = {}
     for mode in ("transfer", "student"):
@@ -193,17 +197,13 @@ def graphed_training_equals_eager():
 
 
 def generate_graph_equals_hf():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from linearize import LinearizeConfig, convert
     from linearize.generation import fast_generate
 
     out = {}
     for method in ("hedgehog", "lizard", "gsa"):
         torch.manual_seed(0)
-        cfg = LlamaConfig(vocab_size=101, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
-        m = convert(LlamaForCausalLM(cfg).eval(), LinearizeConfig(method=method, window=16, feature_dim=32,
+        m = convert(tiny_llama().eval(), LinearizeConfig(method=method, window=16, feature_dim=32,
                                                                    chunk_size=32, num_slots=32)).to(dev)
         with torch.no_grad():
             for _, p in linearize.new_parameters(m):

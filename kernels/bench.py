@@ -257,7 +257,9 @@ def bench_chunk(seqlens=(2048, 4096, 8192, 32768), B=1, H=32, D=128):
 
 # --------------------------------------------------------------------------------- generate
 
-def smollm2_like(method, dev, dt, random_init=True, real=False, softmax_layers=(), window=64):
+def smollm2_like(method, dev, dt, random_init=True, real=False, softmax_layers=(), window=64, num_layers=30):
+    """(teacher, student or None): SmolLM2-135M (``real``) or its shape with random weights (``num_layers``
+    of its 30 layers), on ``dev`` in ``dt``, eval mode; the student converted with ``method``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from linearize import LinearizeConfig, convert
@@ -268,7 +270,7 @@ def smollm2_like(method, dev, dt, random_init=True, real=False, softmax_layers=(
         teacher = load_model("smollm2-135m")
         teacher = teacher[0] if isinstance(teacher, tuple) else teacher
     else:  # SmolLM2-135M's shape, random weights: the speed is the same
-        cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=num_layers,
                           num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=32768,
                           tie_word_embeddings=True, rope_theta=100000.0)
         cfg._attn_implementation = "sdpa"
