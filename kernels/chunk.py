@@ -368,12 +368,31 @@ def chunk_size_for(chunk_size: int) -> int | None:
 GLA_KERNELS = os.environ.get("LINEARIZE_GLA", "fused")
 
 
+# Keys wider than this run as separate groups of at most this many features. A row of the state
+# evolves on its own (S_t = diag(a_t) S_{t-1} diag(b_t) + k_t v_t^T acts row by row), so the output
+# is the sum of the groups' outputs and the state their concatenation. Why: _fwd_o_kernel compiled
+# for 256-wide keys (BK 256, BV 32) faults on the H100 with an out-of-range shared-memory address
+# (compute-sanitizer, benchmarks/check_feature_dim_scoring.py; the feature_dim=128 Lizard), while
+# 128-wide keys run every shipped recipe.
+MAX_KEY_GROUP = 128
+
+
 def gla_chunked_triton(q, k, v, gk=None, gv=None, initial_state=None, chunk_size: int = 64):
     """Same contract as linearize.attention.gla.gla_chunked."""
     BT = chunk_size_for(chunk_size)
     if BT is None:
         from linearize.attention.gla import gla_chunked
         return gla_chunked(q, k, v, gk, gv, initial_state, chunk_size)
+    K = q.shape[-1]
+    if K > MAX_KEY_GROUP:
+        outs, states = [], []
+        for s in range(0, K, MAX_KEY_GROUP):
+            part = slice(s, s + MAX_KEY_GROUP)
+            o, S = gla_chunked_triton(q[..., part], k[..., part], v, None if gk is None else gk[..., part], gv,
+                                      None if initial_state is None else initial_state[..., part, :], chunk_size)
+            outs.append(o.float())
+            states.append(S)
+        return sum(outs).to(q.dtype), torch.cat(states, dim=-2)
     if GLA_KERNELS == "fused" and fused_chunk.supports(q, v, gv):
         return fused_chunk.FusedChunkGLA.apply(q, k, v, gk, initial_state, BT)
     return gla_chunked_stored(q, k, v, gk, gv, initial_state, BT)

@@ -81,6 +81,32 @@ def test_chunk_gla_forward_backward(T, K, V, which, h0, kernels):
         close(a, b, tol=5e-4, what=name)
 
 
+@pytest.mark.parametrize("which", ["gk", "both"])
+def test_chunk_gla_key_groups(which, monkeypatch):
+    """Keys wider than chunk.MAX_KEY_GROUP (128; 16 here, so 40 keys make groups of 16, 16 and 8) run
+    as separate GLAs whose outputs add up and whose states stack: equal to the one-piece reference,
+    gradients included, with both gates and an initial state."""
+    monkeypatch.setattr(chunk, "MAX_KEY_GROUP", 16)
+    gen = torch.Generator().manual_seed(5)
+    B, H, T, K, V = 2, 2, 37, 40, 17
+    q, k, v = (torch.randn(B, H, T, d, generator=gen) for d in (K, K, V))
+    gk = gate((B, H, T, K), gen)
+    gv = gate((B, H, T, V), gen) if which == "both" else None
+    s0 = torch.randn(B, H, K, V, generator=gen)
+    leaves = [x for x in (q, k, v, gk, gv, s0) if x is not None]
+    for x in leaves:
+        x.requires_grad_(True)
+    do, dS = torch.randn(B, H, T, V, generator=gen), torch.randn(B, H, K, V, generator=gen)
+    o_ref, S_ref = gla.gla_parallel(q, k, v, gk, gv, s0)
+    g_ref = torch.autograd.grad((o_ref * do).sum() + (S_ref * dS).sum(), leaves)
+    o, S = chunk.gla_chunked_triton(q, k, v, gk, gv, s0, chunk_size=16)
+    grads = torch.autograd.grad((o * do).sum() + (S * dS).sum(), leaves)
+    close(o, o_ref, what="o")
+    close(S, S_ref, what="state")
+    for a, b in zip(grads, g_ref):
+        close(a, b, tol=5e-4, what="grad")
+
+
 @pytest.mark.parametrize("T,K,V,gated,h0", [(37, 16, 24, True, True), (40, 80, 16, True, False), (41, 16, 16, False, True)])
 def test_fused_chunk_normalizer_column(T, K, V, gated, h0):
     """normalizer=True equals GLA over v with a ones column appended (the hybrids' normaliser), the
