@@ -45,7 +45,7 @@ def _fwd_h_kernel(k_ptr, v_ptr, gk_ptr, gv_ptr, h0_ptr, h_ptr, hT_ptr,
     else:
         h = tl.zeros([BK, BV], dtype=tl.float32)
     for n in range(NT):
-        tl.store(h_ptr + (bh * NT + n) * K * V + ok_[:, None] * V + ov[None, :], h, mask=mkv)
+        tl.store(h_ptr + (bh * NT + n) * K * V + ok_[:, None] * V + ov[None, :], h.to(h_ptr.dtype.element_ty), mask=mkv)
         t = n * BT + ot
         kc = tl.load(k_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
         vc = tl.load(v_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
@@ -115,7 +115,7 @@ def _bwd_dh_kernel(q_ptr, do_ptr, gk_ptr, gv_ptr, dhT_ptr, dh_ptr, dh0_ptr,
         dh = tl.zeros([BK, BV], dtype=tl.float32)
     for i in range(NT):
         n = NT - 1 - i
-        tl.store(dh_ptr + (bh * NT + n) * K * V + ok_[:, None] * V + ov[None, :], dh, mask=mkv)
+        tl.store(dh_ptr + (bh * NT + n) * K * V + ok_[:, None] * V + ov[None, :], dh.to(dh_ptr.dtype.element_ty), mask=mkv)
         t = n * BT + ot
         qc = tl.load(q_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
         dc = tl.load(do_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
@@ -268,7 +268,9 @@ def gla_fwd(q, k, v, gkc, gvc, h0, dims, BT):
     BH = B * H
     BK, BV = _blocks(K, V)
     dev = q.device
-    h = torch.empty(BH, NT, K, V, device=dev, dtype=torch.float32)
+    # the chunks' states are stored in the inputs' dtype: fwd_o and bwd_dqkv cast them to it for their
+    # dots anyway (the walks keep theirs in fp32), so bf16 storage halves the traffic and changes nothing
+    h = torch.empty(BH, NT, K, V, device=dev, dtype=q.dtype)
     hT = torch.empty(BH, K, V, device=dev, dtype=torch.float32)
     o = torch.empty(BH, Tp, V, device=dev, dtype=q.dtype)
     dummy = h
@@ -289,7 +291,7 @@ def gla_bwd(q, k, v, gkc, gvc, h, do, dhT, dims, BT):
     BH = B * H
     BK, BV = _blocks(K, V)
     dev = q.device
-    dh = torch.empty(BH, NT, K, V, device=dev, dtype=torch.float32)
+    dh = torch.empty(BH, NT, K, V, device=dev, dtype=q.dtype)  # stored like h (see gla_fwd)
     dh0 = torch.empty(BH, K, V, device=dev, dtype=torch.float32)
     dummy = dh
     BKS = min(BK, STATE_BK)
@@ -411,6 +413,7 @@ def hybrid_chunked_triton(q, k, v, fq, fk, g, mix, window, scale, valid=None, me
     GLA kernels, the window half in the Triton window kernels (kernels/window.py)."""
     from linearize.attention import hybrid as ref
 
+    from .lagged_keys import lagged_keys_triton
     from .window import window_chunked_triton
 
     num_sm, den_sm = window_chunked_triton(q, k, v, scale, window, valid, meta_k, meta_v, chunk_size)
@@ -418,12 +421,15 @@ def hybrid_chunked_triton(q, k, v, fq, fk, g, mix, window, scale, valid=None, me
     num_lin = den_lin = S = None
     if linear_enabled or return_state:
         BT = chunk_size_for(chunk_size)
+        # without autograd (prefill, scoring) the lagged keys come from their Triton kernel
+        needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (fk, v, g))
+        lagged = ref.lagged_keys if needs_grad else lagged_keys_triton
         if GLA_KERNELS == "fused" and BT is not None and fused_chunk.supports(fq, v):
             # the walk adds the normaliser's ones column itself: values stay one 64-wide block
-            kk, vv = ref.lagged_keys(fk, v, g, window, ones=False)
+            kk, vv = lagged(fk, v, g, window, ones=False)
             o_lin, S = fused_chunk.gla_fused_chunk(fq, kk, vv, g, None, BT, normalizer=True)
         else:
-            kk, vv = ref.lagged_keys(fk, v, g, window)
+            kk, vv = lagged(fk, v, g, window)
             o_lin, S = gla_chunked_triton(fq, kk, vv, gk=g, chunk_size=chunk_size)
         num_lin, den_lin = o_lin[..., :V], o_lin[..., V]
     o = ref.combine(num_sm, den_sm, num_lin, den_lin, mix, linear_enabled)

@@ -175,6 +175,47 @@ def test_hybrid_chunked_forward_backward(gated, meta, kernels, monkeypatch):
     close(st["S"], st_ref["S"], what="S")
 
 
+@pytest.mark.parametrize("T,F,V,W,gated,ones", [
+    (45, 24, 17, 5, True, True),    # odd sizes; the window's first rows; several row blocks
+    (70, 40, 16, 16, True, False),  # w = the row block: the carry is the whole lagged tile
+    (9, 16, 8, 12, True, True),     # T < w: nothing enters the linear state
+    (33, 16, 16, 7, False, True),   # Hedgehog: no gate, plain shifts
+])
+def test_lagged_keys_kernel(T, F, V, W, gated, ones):
+    """kernels/lagged_keys.py against hybrid.lagged_keys: k'_t = fk_{t-w} exp(sum of the window's gates),
+    v'_t = [v_{t-w}, 1]; gates strong enough (down to -3 a step) that a wrong window sum shows."""
+    from linearize.kernels.lagged_keys import lagged_keys_triton
+
+    gen = torch.Generator().manual_seed(T + W)
+    B, H = 2, 3
+    fk = torch.rand(B, H, T, F, generator=gen) + 0.1
+    v = torch.randn(B, H, T, V, generator=gen)
+    g = gate((B, H, T, F), gen, gmax=3.0) if gated else None
+    kk_ref, vv_ref = hybrid.lagged_keys(fk, v, g, W, ones=ones)
+    kk, vv = lagged_keys_triton(fk, v, g, W, ones=ones)
+    assert kk.shape == kk_ref.shape and vv.shape == vv_ref.shape
+    close(kk, kk_ref, tol=1e-5, what="k'")
+    assert torch.equal(vv, vv_ref)
+
+
+@pytest.mark.parametrize("kernels", ["fused", "stored"])
+def test_hybrid_chunked_no_grad_uses_lagged_kernel(kernels, monkeypatch):
+    """Without autograd the hybrid takes its lagged keys from the Triton kernel; the output is the
+    reference's."""
+    from linearize.kernels import lagged_keys
+
+    monkeypatch.setattr(chunk, "GLA_KERNELS", kernels)
+    calls = []
+    real = lagged_keys.lagged_keys_triton
+    monkeypatch.setattr(lagged_keys, "lagged_keys_triton", lambda *a, **k: calls.append(1) or real(*a, **k))
+    gen = torch.Generator().manual_seed(3)
+    a = hybrid_inputs(2, 4, 2, 45, 16, 16, 5, True, True, gen)
+    with torch.no_grad():
+        o = chunk.hybrid_chunked_triton(window=5, chunk_size=16, **a)
+    assert calls, "the no-grad path did not use the lagged-keys kernel"
+    close(o, hybrid.hybrid_parallel(window=5, **a), what="o")
+
+
 @pytest.mark.parametrize("T1,T2", [(3, 20), (22, 23)])
 def test_hybrid_chunked_continue_triton(T1, T2):
     """The chunked continuation on the Triton window and GLA kernels equals its PyTorch reference
