@@ -7,6 +7,7 @@ Importing this package registers, with ``linearize.attention.dispatch``:
     ("hybrid", "chunked")  chunk.hybrid_chunked_triton linear half in Triton GLA (fwd + bwd)
     ("hybrid", "continue") chunk.hybrid_chunked_continue_triton   the same from a state (segmented prefill)
     ("gsa", "chunked")     chunk.gsa_chunked_triton    both GLA passes in Triton (fwd + bwd)
+    ("rope", "head_major") rope.rope_head_major_triton RoPE + heads-first layout in one pass (no autograd)
 
 each for CUDA tensors only; anything else (CPU, no Triton) keeps the PyTorch reference.
 LINEARIZE_KERNELS=0 forces the references everywhere.
@@ -45,10 +46,12 @@ def register_all() -> bool:
         return False
     from linearize.attention import dispatch
 
-    from . import chunk, decode
+    from . import chunk, decode, rope
 
-    have = {fn for form in ("step", "chunked", "continue") for op in ("hybrid", "gsa") for fn in dispatch.registered(op, form)}
+    have = {fn for form in ("step", "chunked", "continue", "head_major") for op in ("hybrid", "gsa", "rope")
+            for fn in dispatch.registered(op, form)}
     for op, form, fn, when in (
+        ("rope", "head_major", rope.rope_head_major_triton, lambda **kw: rope.supports(**kw)),
         ("hybrid", "step", decode.hybrid_step_triton, _hybrid_step_when),
         ("gsa", "step", decode.gsa_step_triton, _gsa_when),
         ("hybrid", "chunked", chunk.hybrid_chunked_triton, _hybrid_step_when),

@@ -362,3 +362,23 @@ def test_long_decode_kernel_interpreted_short():
     """The same with the Triton step under the interpreter, 150 steps (bf16 loads, fp32 math)."""
     worst, s_err = _long_decode(decode.hybrid_step_triton, 150, "cpu")
     assert worst < 2e-2 and s_err < 1e-4, (worst, s_err)
+
+
+@pytest.mark.parametrize("B,T,H,Hkv,D,cos_batch", [(2, 37, 4, 2, 16, 1), (3, 70, 3, 1, 24, 3)])
+def test_rope_head_major_kernel(B, T, H, Hkv, D, cos_batch):
+    """kernels/rope.py against base.rope_head_major: q, k read from the projections' [B, T, H*D]
+    layout (strided views), rotated, written heads-first and contiguous; cos / sin shared over the
+    batch or per row; odd lengths, a head dim whose half is not a power of two."""
+    from linearize.attention.base import rope_head_major
+    from linearize.kernels.rope import rope_head_major_triton
+
+    gen = torch.Generator().manual_seed(T)
+    q = torch.randn(B, T, H * D, generator=gen).view(B, T, H, D)
+    k = torch.randn(B, T, Hkv * D, generator=gen).view(B, T, Hkv, D)
+    ang = torch.rand(cos_batch, T, D // 2, generator=gen) * 6
+    cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
+    q_ref, k_ref = rope_head_major(q, k, cos, sin)
+    q2, k2 = rope_head_major_triton(q, k, cos, sin)
+    assert q2.shape == (B, H, T, D) and k2.shape == (B, Hkv, T, D) and q2.is_contiguous()
+    close(q2, q_ref, tol=1e-6, what="q")
+    close(k2, k_ref, tol=1e-6, what="k")

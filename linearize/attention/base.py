@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import LinearizeConfig
+from . import dispatch
 from .softmax import softmax_attention, softmax_weights
 
 MODES = ("student", "teacher", "transfer")
@@ -35,6 +36,13 @@ def apply_rope(q, k, cos, sin):
     """q, k: [B, H, T, D]; cos, sin: [B, T, D] (HF's rotary embedding output)."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+def rope_head_major(q, k, cos, sin):
+    """q: [B, T, H, D], k: [B, T, Hkv, D] (projections viewed per head); cos, sin: [B, T, D] ->
+    RoPE-rotated q, k with the heads first: [B, H, T, D], [B, Hkv, T, D]. A kernel may register for
+    ("rope", "head_major") (linearize.kernels: CUDA, no autograd)."""
+    return apply_rope(q.transpose(1, 2), k.transpose(1, 2), cos.to(q.dtype), sin.to(q.dtype))
 
 
 def repeat_kv(x, n_rep: int):
@@ -104,11 +112,12 @@ class LinearizedAttention(nn.Module):
 
     def project(self, x, position_embeddings):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, -1, self.head_dim)
+        k = self.k_proj(x).view(B, T, -1, self.head_dim)
         v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         cos, sin = position_embeddings
-        q, k = apply_rope(q, k, cos.to(q.dtype), sin.to(q.dtype))
+        rope = dispatch.lookup("rope", "head_major", rope_head_major, q=q, k=k, cos=cos, sin=sin)
+        q, k = rope(q, k, cos, sin)
         return q, k, v
 
     def expand(self, x):
