@@ -98,6 +98,7 @@ def bench_decode(batches=(1, 16, 64), contexts=(4096, 32768, 131072), H=32, D=12
         for name, F, W, M, gated, var in (
                 ("lizard step (ours, tile)", 128, 64, 4, True, "tile"),
                 ("lizard step (ours, chunked)", 128, 64, 4, True, "chunked"),
+                ("lizard step (ours, split)", 128, 64, 4, True, "split"),
                 ("hedgehog step (ours, tile)", 128, 64, 0, False, "tile"),
                 ("hedgehog step (ours, chunked)", 128, 64, 0, False, "chunked")):
             st, a, nbytes = _hybrid_decode_case(B, H, D, F, W, M, gated, dt, dev)

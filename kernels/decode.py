@@ -5,6 +5,9 @@ sliding-window ring buffer (+ meta tokens) and the linear state, combines both u
 normaliser and writes the output. The value dimension is walked in blocks inside the program, so
 the state is never held whole in registers; one program per head means no other program reads a
 ring slot this one overwrites (the evicted key is read before a barrier, the ring written after).
+The "split" variant gives each head several programs, one per slice of the state's rows (a batch of
+16 on SmolLM2's 9 heads is otherwise 144 programs on 132 SMs); a second kernel per head then adds the
+slices' partial sums and writes the key / value ring, after every program has read the old slot.
 
 The step counter lives in a device tensor (state["pos"], int32 [B]) so a CUDA graph can replay the
 step; the Python int state["n"] is kept in step for the reference code and the cache.
@@ -275,10 +278,166 @@ def advance(state, inc_pos: bool = True):
         state["pos"].add_(1)
 
 
-# Two variants of the hybrid step: "tile" holds the ring's key / gate tiles whole and walks V in
-# blocks (faster for Lizard in our H100 runs); "chunked" walks D and F in chunks (fewer registers).
-# Default: "tile" with a gate (Lizard), "chunked" without (Hedgehog); LINEARIZE_DECODE_VARIANT overrides.
+@triton.jit
+def _hybrid_step_kernel_split(
+    q_ptr, k_ptr, v_ptr, fq_ptr, fk_ptr, g_ptr, valid_ptr, mk_ptr, mv_ptr,
+    kr_ptr, vr_ptr, fkr_ptr, validr_ptr, S_ptr, gr_ptr, pos_ptr, part_ptr, sm_ptr,
+    scale, H, W, M, D, V, F, NF,
+    HAS_G: tl.constexpr, HAS_META: tl.constexpr, HAS_VALID: tl.constexpr,
+    BD: tl.constexpr, BV: tl.constexpr, BFS: tl.constexpr, BW: tl.constexpr, BM: tl.constexpr,
+):
+    """Program (head, f-slice): the linear state's rows f0 .. f0+BFS (update, partial num / den into
+    part [B*H, NF, V+1]); the slice-0 program also computes the window half (into sm [B*H, V+1]).
+    The k / v ring is written by _hybrid_step_combine, after every program here read the old slot."""
+    bh = tl.program_id(0).to(tl.int64)
+    fs = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    n = tl.load(pos_ptr + b)
+    slot = n % W
+    evict = n >= W
+    of = fs * BFS + tl.arange(0, BFS)
+    ow = tl.arange(0, BW)
+    mf = of < F
+    mw = ow < W
+    is_slot = ow == slot
+
+    fq = tl.load(fq_ptr + bh * F + of, mask=mf, other=0.).to(tl.float32)
+    fk = tl.load(fk_ptr + bh * F + of, mask=mf, other=0.)
+    ek = tl.load(fkr_ptr + (bh * W + slot) * F + of, mask=mf, other=0.).to(tl.float32)
+    ek = tl.where(evict, ek, 0.)
+    if HAS_G:
+        g = tl.load(g_ptr + bh * F + of, mask=mf, other=0.).to(tl.float32)
+        gt = tl.load(gr_ptr + (bh * W + ow[:, None]) * F + of[None, :], mask=mw[:, None] & mf[None, :], other=0.)
+        gt = tl.where(is_slot[:, None], g[None, :], gt)
+        ek = ek * tl.exp(tl.sum(gt, 0))
+        decay = tl.exp(g)
+
+    SV1 = V + 1
+    Sbase = S_ptr + bh * F * SV1
+    pbase = part_ptr + (bh * NF + fs) * SV1
+    sden = tl.load(Sbase + of * SV1 + V, mask=mf, other=0.)
+    if HAS_G:
+        sden = sden * decay
+    sden = sden + ek
+    tl.store(Sbase + of * SV1 + V, sden, mask=mf)
+    tl.store(pbase + V, tl.sum(fq * sden, 0))
+    for v0 in range(0, V, BV):
+        ov = v0 + tl.arange(0, BV)
+        mv = ov < V
+        ev = tl.load(vr_ptr + (bh * W + slot) * V + ov, mask=mv, other=0.).to(tl.float32)
+        ev = tl.where(evict, ev, 0.)  # ek is 0 before the ring is full; keep 0 * garbage out
+        St = tl.load(Sbase + of[:, None] * SV1 + ov[None, :], mask=mf[:, None] & mv[None, :], other=0.)
+        if HAS_G:
+            St = St * decay[:, None]
+        St = St + ek[:, None] * ev[None, :]
+        tl.store(Sbase + of[:, None] * SV1 + ov[None, :], St, mask=mf[:, None] & mv[None, :])
+        tl.store(pbase + ov, tl.sum(fq[:, None] * St, 0), mask=mv)
+
+    if fs == 0:  # the window half, once per head
+        od = tl.arange(0, BD)
+        md = od < D
+        q = tl.load(q_ptr + bh * D + od, mask=md, other=0.).to(tl.float32)
+        k = tl.load(k_ptr + bh * D + od, mask=md, other=0.)
+        if HAS_VALID:
+            cur_valid = tl.load(valid_ptr + b).to(tl.int1)
+        else:
+            cur_valid = n >= 0
+        kt = tl.load(kr_ptr + (bh * W + ow[:, None]) * D + od[None, :], mask=mw[:, None] & md[None, :], other=0.)
+        kt = tl.where(is_slot[:, None], k[None, :], kt).to(tl.float32)
+        s = tl.sum(kt * q[None, :], 1) * scale
+        vr = tl.load(validr_ptr + b * W + ow, mask=mw, other=0).to(tl.int1)
+        vr = tl.where(is_slot, cur_valid, vr) & mw
+        s = tl.where(vr, s, float("-inf"))
+        m = tl.max(s, 0)
+        if HAS_META:
+            om = tl.arange(0, BM)
+            mm = om < M
+            mkt = tl.load(mk_ptr + (h * M + om[:, None]) * D + od[None, :], mask=mm[:, None] & md[None, :], other=0.).to(tl.float32)
+            sm = tl.sum(mkt * q[None, :], 1) * scale
+            sm = tl.where(mm, sm, float("-inf"))
+            m = tl.maximum(m, tl.max(sm, 0))
+        m = tl.where(m == float("-inf"), 0., m)
+        p = tl.exp(s - m)
+        den_sm = tl.sum(p, 0)
+        if HAS_META:
+            pm = tl.exp(sm - m)
+            den_sm += tl.sum(pm, 0)
+        tl.store(sm_ptr + bh * SV1 + V, den_sm)
+        for v0 in range(0, V, BV):
+            ov = v0 + tl.arange(0, BV)
+            mv = ov < V
+            vnew = tl.load(v_ptr + bh * V + ov, mask=mv, other=0.)
+            vt = tl.load(vr_ptr + (bh * W + ow[:, None]) * V + ov[None, :], mask=mw[:, None] & mv[None, :], other=0.)
+            vt = tl.where(is_slot[:, None], vnew[None, :], vt).to(tl.float32)
+            num = tl.sum(p[:, None] * vt, 0)
+            if HAS_META:
+                mvt = tl.load(mv_ptr + (h * M + om[:, None]) * V + ov[None, :], mask=mm[:, None] & mv[None, :], other=0.).to(tl.float32)
+                num += tl.sum(pm[:, None] * mvt, 0)
+            tl.store(sm_ptr + bh * SV1 + ov, num, mask=mv)
+
+    # this slice of the key / gate rings: read above by this program only
+    tl.debug_barrier()
+    tl.store(fkr_ptr + (bh * W + slot) * F + of, fk, mask=mf)
+    if HAS_G:
+        tl.store(gr_ptr + (bh * W + slot) * F + of, g, mask=mf)
+
+
+@triton.jit
+def _hybrid_step_combine(
+    k_ptr, v_ptr, valid_ptr, mix_ptr, kr_ptr, vr_ptr, validr_ptr, pos_ptr, part_ptr, sm_ptr, o_ptr,
+    H, W, D, V, NF,
+    HAS_VALID: tl.constexpr, LINEAR: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, BNF: tl.constexpr,
+):
+    """Per head: the shared normaliser over the window half and the slices' partial sums; then this
+    step's key and value go into the ring (every reader of the old slot has finished)."""
+    bh = tl.program_id(0).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    n = tl.load(pos_ptr + b)
+    slot = n % W
+    SV1 = V + 1
+    onf = tl.arange(0, BNF)
+    mnf = onf < NF
+    pbase = part_ptr + bh * NF * SV1
+    den_lin = tl.sum(tl.load(pbase + onf * SV1 + V, mask=mnf, other=0.), 0)
+    den_sm = tl.load(sm_ptr + bh * SV1 + V)
+    gamma = tl.sigmoid(tl.load(mix_ptr + h).to(tl.float32))
+    if LINEAR:
+        den = gamma * den_sm + (1 - gamma) * den_lin
+    else:
+        den = den_sm
+    ok = den > 0
+    inv = tl.where(ok, 1. / tl.where(ok, den, 1.), 0.)
+    for v0 in range(0, V, BV):
+        ov = v0 + tl.arange(0, BV)
+        mv = ov < V
+        num = tl.load(sm_ptr + bh * SV1 + ov, mask=mv, other=0.)
+        if LINEAR:
+            lin = tl.sum(tl.load(pbase + onf[:, None] * SV1 + ov[None, :], mask=mnf[:, None] & mv[None, :], other=0.), 0)
+            num = gamma * num + (1 - gamma) * lin
+        tl.store(o_ptr + bh * V + ov, (num * inv).to(o_ptr.dtype.element_ty), mask=mv)
+        tl.store(vr_ptr + (bh * W + slot) * V + ov, tl.load(v_ptr + bh * V + ov, mask=mv, other=0.), mask=mv)
+    od = tl.arange(0, BD)
+    md = od < D
+    tl.store(kr_ptr + (bh * W + slot) * D + od, tl.load(k_ptr + bh * D + od, mask=md, other=0.), mask=md)
+    if h == 0:
+        if HAS_VALID:
+            cur_valid = tl.load(valid_ptr + b).to(tl.int1)
+        else:
+            cur_valid = n >= 0
+        tl.store(validr_ptr + b * W + slot, cur_valid.to(validr_ptr.dtype.element_ty))
+
+
+# Variants of the hybrid step: "tile" holds the ring's key / gate tiles whole and walks V in blocks;
+# "chunked" walks D and F in chunks (fewer registers); "split" (above) spreads the state's rows over
+# programs. Default: Lizard "split" from SPLIT_MIN_HEADS batch x heads and "tile" below, Hedgehog
+# "chunked"; LINEARIZE_DECODE_VARIANT overrides.
 DECODE_VARIANT = os.environ.get("LINEARIZE_DECODE_VARIANT", "")
+# "split": the linear state's F rows in slices of SPLIT_F, one program per (head, slice), then a
+# combine kernel per head (more programs than B * H for small batches, at the cost of a second launch)
+SPLIT_F = int(os.environ.get("LINEARIZE_DECODE_SPLIT_F", "32"))
+SPLIT_MIN_HEADS = 128  # batch x heads from which Lizard's default is "split" (B16 x 9 heads: 13.1 vs 25.1 us)
 
 
 def hybrid_step_triton(state, q, k, v, fq, fk, g, mix, scale, valid=None, meta_k=None, meta_v=None,
@@ -304,8 +463,25 @@ def hybrid_step_triton(state, q, k, v, fq, fk, g, mix, scale, valid=None, meta_k
     )
     flags = dict(HAS_G=g is not None, HAS_META=has_meta, HAS_VALID=valid is not None, LINEAR=bool(linear_enabled),
                  BD=pow2_block(D), BF=pow2_block(F), BW=pow2_block(W), BM=pow2_block(max(M, 1)))
-    variant = variant or DECODE_VARIANT or ("tile" if g is not None else "chunked")
-    if variant == "chunked":
+    if not (variant or DECODE_VARIANT):  # measured on the H100 (session 9): split wins from ~128 heads x batch
+        variant = ("split" if B * H >= SPLIT_MIN_HEADS else "tile") if g is not None else "chunked"
+    variant = variant or DECODE_VARIANT
+    if variant == "split":
+        BFS = min(SPLIT_F, pow2_block(F, lo=1))
+        NF = triton.cdiv(F, BFS)
+        part = torch.empty(B * H, NF, V + 1, device=q.device, dtype=torch.float32)
+        sm = torch.empty(B * H, V + 1, device=q.device, dtype=torch.float32)
+        BV = 64 if V > 32 else pow2_block(V)
+        _hybrid_step_kernel_split[(B * H, NF)](*args[:7], *args[8:10], *args[10:17], part, sm,
+                                              float(scale), H, W, M, D, V, F, NF,
+                                              HAS_G=g is not None, HAS_META=has_meta, HAS_VALID=valid is not None,
+                                              BD=flags["BD"], BV=BV, BFS=BFS, BW=flags["BW"], BM=flags["BM"],
+                                              num_warps=4)
+        _hybrid_step_combine[(B * H,)](args[1], args[2], args[6], args[7], state["k"], state["v"], state["valid"], pos,
+                                       part, sm, o, H, W, D, V, NF, HAS_VALID=valid is not None,
+                                       LINEAR=bool(linear_enabled), BD=flags["BD"], BV=BV,
+                                       BNF=pow2_block(NF, lo=1), num_warps=1)
+    elif variant == "chunked":
         _hybrid_step_kernel_chunked[(B * H,)](*args, **flags, BV=pow2_block(V), CD=min(32, pow2_block(D)), CF=min(32, pow2_block(F)),
                                               num_warps=8 if W * V >= 4096 else 4)
     else:
