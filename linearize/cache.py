@@ -109,8 +109,18 @@ class StaticKV:
     writes (all rows write the same slot: left padding keeps the prompts aligned).
     """
 
+    # Buffer lengths are rounded up to a multiple of this: the compiled decode step is specialised
+    # on the buffer's length, so generate calls whose prompt + new tokens land in one bucket (a short
+    # warm-up call and the real one, say) reuse one compilation instead of recompiling.
+    SLOT_MULTIPLE = 256
+
     def __init__(self, mask: torch.Tensor, next_slot: torch.Tensor):
         self.mask, self.next_slot = mask, next_slot
+
+    @classmethod
+    def slots_for(cls, n: int) -> int:
+        """The buffer length for ``n`` tokens (prompt + new): n rounded up to SLOT_MULTIPLE."""
+        return -(-int(n) // cls.SLOT_MULTIPLE) * cls.SLOT_MULTIPLE
 
     @classmethod
     def from_prefill(cls, cache: LinearizedCache, attention_mask: torch.Tensor | None, max_len: int) -> "StaticKV":

@@ -239,7 +239,8 @@ def stream_generate(model, input_ids, max_new_tokens: int, attention_mask=None, 
     if cuda_graph is None:
         cuda_graph = dev.type == "cuda" and os.environ.get("LINEARIZE_CUDA_GRAPH", "1") != "0"
     # softmax-kept layers: keys/values into buffers of the final length, so every step has one shape
-    static_kv = None if _all_linear(cache) else StaticKV.from_prefill(cache, attention_mask, T + max_new_tokens)
+    static_kv = None if _all_linear(cache) else StaticKV.from_prefill(cache, attention_mask,
+                                                                      StaticKV.slots_for(T + max_new_tokens))
     _prepare_states(cache)
     dec = _Decoder(model, cache, first, last_pos + 1, max_new_tokens, temperature, top_k,
                    compile=compile and dev.type == "cuda", static_kv=static_kv, top_p=top_p)

@@ -42,6 +42,16 @@ def test_fast_generate_matches_hf_generate(method):
     assert torch.equal(torch.cat(chunks, 1), ref[:, 11:])
 
 
+def test_static_kv_slots_round_up():
+    """Buffer lengths come in multiples of 256, so a short warm-up call and the real one (16K prompt,
+    4 vs 256 new tokens) share one compiled decode step; fast_generate's token equality with HF
+    (below) runs on such rounded buffers."""
+    from linearize.cache import StaticKV
+
+    assert [StaticKV.slots_for(n) for n in (1, 256, 257, 1028, 1280)] == [256, 256, 512, 1280, 1280]
+    assert StaticKV.slots_for(16384 + 4) == StaticKV.slots_for(16384 + 256) == 16640
+
+
 @pytest.mark.parametrize("method", ["hedgehog", "lizard"])
 def test_fast_generate_hybrid_static_kv_matches_hf_generate(method):
     """Softmax-kept layers decode from fixed-length buffers (the CUDA-graph shape) and give HF
