@@ -463,9 +463,9 @@ def hybrid_step_triton(state, q, k, v, fq, fk, g, mix, scale, valid=None, meta_k
     )
     flags = dict(HAS_G=g is not None, HAS_META=has_meta, HAS_VALID=valid is not None, LINEAR=bool(linear_enabled),
                  BD=pow2_block(D), BF=pow2_block(F), BW=pow2_block(W), BM=pow2_block(max(M, 1)))
-    if not (variant or DECODE_VARIANT):  # measured on the H100 (session 9): split wins from ~128 heads x batch
-        variant = ("split" if B * H >= SPLIT_MIN_HEADS else "tile") if g is not None else "chunked"
-    variant = variant or DECODE_VARIANT
+    # the default, measured on the H100 (session 9): for Lizard, split wins from ~128 batch x heads
+    variant = variant or DECODE_VARIANT or (
+        ("split" if B * H >= SPLIT_MIN_HEADS else "tile") if g is not None else "chunked")
     if variant == "split":
         BFS = min(SPLIT_F, pow2_block(F, lo=1))
         NF = triton.cdiv(F, BFS)

@@ -56,9 +56,7 @@ def _rope_one(x, cos, sin):
 def rope_head_major_triton(q, k, cos, sin):
     """Same contract as linearize.attention.base.rope_head_major, forward only."""
     cos, sin = (c if c.dim() == 3 else c.unsqueeze(0) for c in (cos, sin))
-    if sin.stride() != cos.stride():
-        cos, sin = cos.contiguous(), sin.contiguous()
-    if cos.stride(-1) != 1:
+    if sin.stride() != cos.stride() or cos.stride(-1) != 1:  # the kernel indexes both with cos's strides
         cos, sin = cos.contiguous(), sin.contiguous()
     return _rope_one(q, cos, sin), _rope_one(k, cos, sin)
 
