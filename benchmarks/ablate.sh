@@ -10,7 +10,12 @@
 set -uo pipefail
 name=abl-$1; shift
 export RECIPE=${ABL_RECIPE:-recipes/smollm2-135m-lizard.yaml} TRAIN_LIMIT_S=${ABL_TRAIN_LIMIT_S:-300}
-bash benchmarks/real_run.sh train $name --distill.steps=${ABL_DISTILL_STEPS:-60} \
-    --finetune.steps=${ABL_FINETUNE_STEPS:-60} "$@"
+# ABL_PHASE=train or eval runs one of the two (benchmarks/ablate_queue.sh does); the status is that phase's
+phase=${ABL_PHASE:-both}
+if [ $phase != eval ]; then
+  bash benchmarks/real_run.sh train $name --distill.steps=${ABL_DISTILL_STEPS:-60} \
+      --finetune.steps=${ABL_FINETUNE_STEPS:-60} "$@" || exit
+fi
+[ $phase = train ] && exit 0
 bash benchmarks/real_run.sh eval $name ${ABL_TASKS:-hellaswag,lambada_openai} --limit ${ABL_LIMIT:-1000} \
     --ppl-contexts 1024,4096 --ppl-file /tmp/corpus/smollm2-20m.val.npy --ppl-max-tokens 262144 --ppl-batch-size 8

@@ -12,7 +12,7 @@ for row in "$@"; do
   bash benchmarks/ablate.sh "$@" > $OUT/abl_$name.txt 2>&1
   tail -n 3 $OUT/abl_$name.txt
   (cd $OUT && tar cf abl-$name.tar --ignore-failed-read abl_$name.txt *_abl-$name.log *_abl-$name.jsonl \
-      report_abl-$name.md report_abl-$name.json 2>/dev/null
+      report_abl-$name.md report_abl-$name.json cache-abl-$name 2>/dev/null
    find . -mindepth 1 -not -name '*.tar' -not -name 'prof_*' -delete)
 done
 ls -la $OUT

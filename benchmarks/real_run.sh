@@ -24,7 +24,7 @@ train)
   t0=$(date +%s)
   timeout -s INT ${TRAIN_LIMIT_S:-540} python3 -m linearize run ${RESUME:+--resume} $recipe \
       --data.token_file=/tmp/corpus/smollm2-20m.npy --eval.tasks=[] --output_dir=$R "$@" >> $OUT/train_$method.log 2>&1
-  echo "rc=$? wall_s=$(( $(date +%s) - t0 ))"; tail -c 1500 $OUT/train_$method.log
+  rc=$?; echo "rc=$rc wall_s=$(( $(date +%s) - t0 ))"; tail -c 1500 $OUT/train_$method.log
   for s in distill finetune; do cp $R/$s/metrics.jsonl $OUT/${s}_metrics_$method.jsonl 2>/dev/null; done
   cp $R/distill/linear_attention.pt $OUT/linear_attention_$method.pt 2>/dev/null
   cp $R/adapter/adapter_model.safetensors $OUT/adapter_$method.safetensors 2>/dev/null
@@ -40,15 +40,18 @@ eval)
   # the teacher's scores from earlier sessions (its cache key is the alias plus the settings, so only
   # scores under the same limit, seed, window and dtype are reused); the student is always scored
   # (newest session first: cp -n keeps the first copy of a file name, and later caches hold more)
-  mkdir -p /tmp/cache-$method && ls -r benchmarks/*/cache/smollm2-135m-*.json | xargs -I{} cp -n {} /tmp/cache-$method/ 2>/dev/null
+  # (this machine's other runs first: an ablation batch scores the teacher in its first row only)
+  mkdir -p /tmp/cache-$method && { ls -t /tmp/cache-*/smollm2-135m-*.json; ls -r benchmarks/*/cache/smollm2-135m-*.json; } 2>/dev/null \
+      | xargs -I{} cp -n {} /tmp/cache-$method/ 2>/dev/null
   t0=$(date +%s)
   # stopped before the call limit (EVAL_LIMIT_S) so the scores cached so far still come back
   timeout -s INT ${EVAL_LIMIT_S:-540} python3 -m linearize eval --teacher smollm2-135m --student $R/merged --tasks "$tasks" --device cuda \
       --dtype bfloat16 --batch-size ${EVAL_BS:-256} --cache-dir /tmp/cache-$method --out $R/eval "$@" \
       >> $OUT/eval_$method.log 2>&1
-  echo "rc=$? wall_s=$(( $(date +%s) - t0 ))"; tail -c 3000 $OUT/eval_$method.log
+  rc=$?; echo "rc=$rc wall_s=$(( $(date +%s) - t0 ))"; tail -c 3000 $OUT/eval_$method.log
   cp $R/eval/report.md $OUT/report_$method.md; cp $R/eval/report.json $OUT/report_$method.json
   mkdir -p $OUT/cache-$method && cp /tmp/cache-$method/*.json $OUT/cache-$method/ 2>/dev/null
   [ -n "${KEEP_PNG-}" ] && cp $R/eval/report.png $OUT/report_$method.png 2>/dev/null ;;
 *) echo "unknown phase $phase (train | restore | eval)"; exit 2 ;;
 esac
+exit ${rc:-0}  # train and eval: their python's status (130 or 124 when stopped at the limit)

@@ -26,6 +26,7 @@ from typing import Iterator
 import torch
 
 from .cache import LinearizedCache, RecurrentLayer, StaticKV
+from .cache_kwarg import cache_kwarg, output_cache
 
 
 @dataclass
@@ -128,7 +129,7 @@ class _Decoder:
                     x = fused_decode.softmax_step(layer, self.fused[i], self.cache.layers[i], mask, x, pe[0], pe[1],
                                                   self.compile)
                 continue
-            x = layer(x, attention_mask=None if linear else mask, position_ids=self.pos, past_key_values=self.cache,
+            x = layer(x, attention_mask=None if linear else mask, position_ids=self.pos, **{cache_kwarg(): self.cache},
                       use_cache=True, position_embeddings=pe)
             if isinstance(x, tuple):
                 x = x[0]
@@ -201,8 +202,8 @@ def prefill(model, input_ids, attention_mask=None, segment: int | None = None):
         end = min(T, start + seg)
         out = model(input_ids=input_ids[:, start:end],
                     attention_mask=None if attention_mask is None else attention_mask[:, :end],
-                    position_ids=pos_ids[:, start:end], past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+                    position_ids=pos_ids[:, start:end], **{cache_kwarg(): cache}, use_cache=True, logits_to_keep=1)
+        cache = output_cache(out)
     return out.logits[:, -1], cache, pos_ids[:, -1]
 
 

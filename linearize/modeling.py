@@ -20,6 +20,7 @@ from transformers import (
 )
 
 from .cache import LinearizedCache
+from .cache_kwarg import cache_kwarg, pick_cache
 from .config import LinearizeConfig
 from .surgery import linear_layer_flags
 
@@ -50,7 +51,8 @@ def _make_family(family: str, config_cls, model_cls):
             return LinearizeConfig.from_dict(self.config.linearize)
 
         def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                    inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+                    inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, cache=None, **kwargs):
+            past_key_values = pick_cache(cache, past_key_values)  # transformers >= 5.24 names it `cache`
             if use_cache is None:  # a plain forward builds no state; generate asks for it explicitly
                 use_cache = past_key_values is not None
             if use_cache and (past_key_values is None or
@@ -65,7 +67,7 @@ def _make_family(family: str, config_cls, model_cls):
                 attention_mask = None  # nothing would read the 4-D mask: skip building it
             return super().forward(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
+                **{cache_kwarg(): past_key_values}, inputs_embeds=inputs_embeds, labels=labels,
                 use_cache=use_cache, logits_to_keep=logits_to_keep, linearize_padding_mask=padding, **kwargs,
             )
 

@@ -5,6 +5,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import linearize
 from linearize import LinearizeConfig, convert
+from linearize.cache_kwarg import cache_kwarg
 from linearize.generation import fast_generate, stream_generate
 
 
@@ -114,7 +115,7 @@ def test_fused_decode_step_matches_the_layer_forward(method):
         cos, sin = inner.rotary_emb(h, position_ids=pos)
         layer = inner.layers[1]
         assert fused_decode.FusedLayer.supports(layer)
-        ref = layer(h, attention_mask=None, position_ids=pos, past_key_values=cache, use_cache=True,
+        ref = layer(h, attention_mask=None, position_ids=pos, **{cache_kwarg(): cache}, use_cache=True,
                     position_embeddings=(cos, sin))
         ref = ref[0] if isinstance(ref, tuple) else ref
         out = fused_decode.step(layer, fused_decode.FusedLayer(layer), cache2.layers[1], h, cos, sin)
@@ -184,7 +185,7 @@ def test_fused_decode_softmax_step_matches_the_layer_forward():
         h = m.model.embed_tokens(ids)
         cos, sin = m.model.rotary_emb(h, position_ids=pos)
         am = skv.open_next()
-        ref = layer(h, attention_mask=am, position_ids=pos, past_key_values=cache, use_cache=True,
+        ref = layer(h, attention_mask=am, position_ids=pos, **{cache_kwarg(): cache}, use_cache=True,
                     position_embeddings=(cos, sin))
         ref = ref[0] if isinstance(ref, tuple) else ref
         out = fused_decode.softmax_step(layer, fused_decode.FusedLayer(layer), cache2.layers[1], skv2.open_next(),

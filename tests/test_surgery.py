@@ -13,6 +13,7 @@ import linearize
 from linearize import LinearizeConfig, convert
 from linearize.attention import LinearizedAttention
 from linearize.cache import LinearizedCache
+from linearize.cache_kwarg import output_cache
 from linearize.surgery import count_new_parameters, linearized_modules
 
 SMALL = dict(window=4, feature_dim=8, chunk_size=8, num_slots=8, gate_rank=4, num_meta_tokens=2)
@@ -70,7 +71,7 @@ def test_generate_uses_recurrent_state_of_constant_size(tiny_llama):
         prompt = torch.randint(0, 211, (1, n), generator=torch.Generator().manual_seed(n))
         with torch.no_grad():
             out = model(prompt, past_key_values=cache, use_cache=True)
-            assert out.past_key_values is cache and cache.get_seq_length() == n
+            assert output_cache(out) is cache and cache.get_seq_length() == n
             step = model(prompt[:, -1:], past_key_values=cache, use_cache=True)
         assert cache.get_seq_length() == n + 1
         sizes.append(cache.nbytes())
@@ -151,3 +152,20 @@ def test_converting_twice_is_refused(tiny_llama):
 def test_layer_index_out_of_range(tiny_llama):
     with pytest.raises(ValueError, match="out of range"):
         convert(tiny_llama, LinearizeConfig(method="hedgehog", softmax_layers=[5]))
+
+
+def test_cache_passes_under_either_name(tiny_llama):
+    """transformers 5.24 renamed the forward's ``past_key_values`` to ``cache``: both reach the same state,
+    and two different caches at once are refused."""
+    model = convert(tiny_llama, LinearizeConfig(method="lizard", **SMALL))
+    prompt = torch.randint(0, 211, (1, 9), generator=torch.Generator().manual_seed(3))
+    logits = []
+    with torch.no_grad():
+        for name in ("past_key_values", "cache"):
+            c = LinearizedCache.for_model(model)
+            model(prompt[:, :-1], use_cache=True, **{name: c})
+            logits.append(model(prompt[:, -1:], use_cache=True, **{name: c}).logits)
+            assert c.get_seq_length() == 9
+        with pytest.raises(ValueError, match="both"):
+            model(prompt, cache=LinearizedCache.for_model(model), past_key_values=LinearizedCache.for_model(model))
+    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import LinearizeConfig
+from ..cache_kwarg import pick_cache
 from . import dispatch
 from .softmax import softmax_attention, softmax_weights
 
@@ -131,7 +132,8 @@ class LinearizedAttention(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(B, T, H * D))
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None,
-                linearize_padding_mask=None, **kwargs):
+                linearize_padding_mask=None, cache=None, **kwargs):
+        past_key_values = pick_cache(cache, past_key_values)  # transformers >= 5.24 passes `cache`
         T = hidden_states.shape[1]
         valid = padding_from_mask(linearize_padding_mask if linearize_padding_mask is not None else attention_mask, T)
         if self.mode not in MODES:
