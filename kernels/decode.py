@@ -24,6 +24,41 @@ from .chunk import pow2_block
 
 
 @triton.jit
+def _window_probs(q, k, kr_ptr, validr_ptr, mk_ptr, bh, b, h, slot, cur_valid, scale, W, M, D,
+                  HAS_META: tl.constexpr, BD: tl.constexpr, BW: tl.constexpr, BM: tl.constexpr):
+    """The softmax half's unnormalised weights for one head: ``p [BW]`` over the key ring with this
+    step's key ``k`` in its slot, ``pm [BM]`` over the meta tokens (zeros without them), and their sum
+    ``den_sm``; all shifted by the shared max. q: [BD] fp32."""
+    od = tl.arange(0, BD)
+    ow = tl.arange(0, BW)
+    md = od < D
+    mw = ow < W
+    is_slot = ow == slot
+    kt = tl.load(kr_ptr + (bh * W + ow[:, None]) * D + od[None, :], mask=mw[:, None] & md[None, :], other=0.)
+    kt = tl.where(is_slot[:, None], k[None, :], kt).to(tl.float32)
+    s = tl.sum(kt * q[None, :], 1) * scale
+    vr = tl.load(validr_ptr + b * W + ow, mask=mw, other=0).to(tl.int1)
+    vr = tl.where(is_slot, cur_valid, vr) & mw
+    s = tl.where(vr, s, float("-inf"))
+    m = tl.max(s, 0)
+    om = tl.arange(0, BM)
+    mm = om < M
+    if HAS_META:
+        mkt = tl.load(mk_ptr + (h * M + om[:, None]) * D + od[None, :], mask=mm[:, None] & md[None, :], other=0.).to(tl.float32)
+        sm = tl.sum(mkt * q[None, :], 1) * scale
+        sm = tl.where(mm, sm, float("-inf"))
+        m = tl.maximum(m, tl.max(sm, 0))
+    m = tl.where(m == float("-inf"), 0., m)
+    p = tl.exp(s - m)
+    den_sm = tl.sum(p, 0)
+    pm = tl.zeros([BM], dtype=tl.float32)
+    if HAS_META:
+        pm = tl.exp(sm - m)
+        den_sm += tl.sum(pm, 0)
+    return p, pm, den_sm
+
+
+@triton.jit
 def _hybrid_step_kernel_tile(
     q_ptr, k_ptr, v_ptr, fq_ptr, fk_ptr, g_ptr, valid_ptr, mix_ptr, mk_ptr, mv_ptr,
     kr_ptr, vr_ptr, fkr_ptr, validr_ptr, S_ptr, gr_ptr, pos_ptr, o_ptr,
@@ -66,26 +101,10 @@ def _hybrid_step_kernel_tile(
         ek = ek * tl.exp(tl.sum(gt, 0))
         decay = tl.exp(g)
     # ---- window scores over the ring, with this step's key in its slot
-    kt = tl.load(kr_ptr + (bh * W + ow[:, None]) * D + od[None, :], mask=mw[:, None] & md[None, :], other=0.)
-    kt = tl.where(is_slot[:, None], k[None, :], kt).to(tl.float32)
-    s = tl.sum(kt * q[None, :], 1) * scale
-    vr = tl.load(validr_ptr + b * W + ow, mask=mw, other=0).to(tl.int1)
-    vr = tl.where(is_slot, cur_valid, vr) & mw
-    s = tl.where(vr, s, float("-inf"))
-    m = tl.max(s, 0)
-    if HAS_META:
-        om = tl.arange(0, BM)
-        mm = om < M
-        mkt = tl.load(mk_ptr + (h * M + om[:, None]) * D + od[None, :], mask=mm[:, None] & md[None, :], other=0.).to(tl.float32)
-        sm = tl.sum(mkt * q[None, :], 1) * scale
-        sm = tl.where(mm, sm, float("-inf"))
-        m = tl.maximum(m, tl.max(sm, 0))
-    m = tl.where(m == float("-inf"), 0., m)
-    p = tl.exp(s - m)
-    den_sm = tl.sum(p, 0)
-    if HAS_META:
-        pm = tl.exp(sm - m)
-        den_sm += tl.sum(pm, 0)
+    p, pm, den_sm = _window_probs(q, k, kr_ptr, validr_ptr, mk_ptr, bh, b, h, slot, cur_valid, scale, W, M, D,
+                                  HAS_META, BD, BW, BM)
+    om = tl.arange(0, BM)
+    mm = om < M
 
     # ---- normaliser column of S (index V): update, read
     SV1 = V + 1
@@ -343,26 +362,10 @@ def _hybrid_step_kernel_split(
             cur_valid = tl.load(valid_ptr + b).to(tl.int1)
         else:
             cur_valid = n >= 0
-        kt = tl.load(kr_ptr + (bh * W + ow[:, None]) * D + od[None, :], mask=mw[:, None] & md[None, :], other=0.)
-        kt = tl.where(is_slot[:, None], k[None, :], kt).to(tl.float32)
-        s = tl.sum(kt * q[None, :], 1) * scale
-        vr = tl.load(validr_ptr + b * W + ow, mask=mw, other=0).to(tl.int1)
-        vr = tl.where(is_slot, cur_valid, vr) & mw
-        s = tl.where(vr, s, float("-inf"))
-        m = tl.max(s, 0)
-        if HAS_META:
-            om = tl.arange(0, BM)
-            mm = om < M
-            mkt = tl.load(mk_ptr + (h * M + om[:, None]) * D + od[None, :], mask=mm[:, None] & md[None, :], other=0.).to(tl.float32)
-            sm = tl.sum(mkt * q[None, :], 1) * scale
-            sm = tl.where(mm, sm, float("-inf"))
-            m = tl.maximum(m, tl.max(sm, 0))
-        m = tl.where(m == float("-inf"), 0., m)
-        p = tl.exp(s - m)
-        den_sm = tl.sum(p, 0)
-        if HAS_META:
-            pm = tl.exp(sm - m)
-            den_sm += tl.sum(pm, 0)
+        p, pm, den_sm = _window_probs(q, k, kr_ptr, validr_ptr, mk_ptr, bh, b, h, slot, cur_valid, scale, W, M, D,
+                                      HAS_META, BD, BW, BM)
+        om = tl.arange(0, BM)
+        mm = om < M
         tl.store(sm_ptr + bh * SV1 + V, den_sm)
         for v0 in range(0, V, BV):
             ov = v0 + tl.arange(0, BV)
@@ -452,15 +455,14 @@ def hybrid_step_triton(state, q, k, v, fq, fk, g, mix, scale, valid=None, meta_k
     pos = _pos(state, B, q.device)
     o = torch.empty(B, H, V, device=q.device, dtype=q.dtype)
     c = lambda x: x.contiguous()  # noqa: E731
-    dummy = state["S"]
-    args = (
-        c(q), c(k), c(v), c(fq), c(fk), c(g) if g is not None else dummy,
-        c(valid) if valid is not None else dummy, c(mix),
-        c(meta_k) if has_meta else dummy, c(meta_v) if has_meta else dummy,
-        state["k"], state["v"], state["fk"], state["valid"], state["S"],
-        state["g"] if g is not None else dummy, pos, o,
-        float(scale), H, W, M, D, V, F,
-    )
+    dummy = state["S"]  # stands in for absent optional inputs (the kernels' flags skip them)
+    step_in = dict(q=c(q), k=c(k), v=c(v), fq=c(fq), fk=c(fk), g=c(g) if g is not None else dummy,
+                   valid=c(valid) if valid is not None else dummy, mix=c(mix),
+                   mk=c(meta_k) if has_meta else dummy, mv=c(meta_v) if has_meta else dummy)
+    rings = (state["k"], state["v"], state["fk"], state["valid"], state["S"],
+             state["g"] if g is not None else dummy, pos)
+    sizes = (float(scale), H, W, M, D, V, F)
+    args = (*step_in.values(), *rings, o, *sizes)
     flags = dict(HAS_G=g is not None, HAS_META=has_meta, HAS_VALID=valid is not None, LINEAR=bool(linear_enabled),
                  BD=pow2_block(D), BF=pow2_block(F), BW=pow2_block(W), BM=pow2_block(max(M, 1)))
     # the default, measured on the H100 (session 9): for Lizard, split wins from ~128 batch x heads
@@ -472,12 +474,13 @@ def hybrid_step_triton(state, q, k, v, fq, fk, g, mix, scale, valid=None, meta_k
         part = torch.empty(B * H, NF, V + 1, device=q.device, dtype=torch.float32)
         sm = torch.empty(B * H, V + 1, device=q.device, dtype=torch.float32)
         BV = 64 if V > 32 else pow2_block(V)
-        _hybrid_step_kernel_split[(B * H, NF)](*args[:7], *args[8:10], *args[10:17], part, sm,
-                                              float(scale), H, W, M, D, V, F, NF,
+        split_in = [t for name, t in step_in.items() if name != "mix"]  # the gate mix is the combine's
+        _hybrid_step_kernel_split[(B * H, NF)](*split_in, *rings, part, sm, *sizes, NF,
                                               HAS_G=g is not None, HAS_META=has_meta, HAS_VALID=valid is not None,
                                               BD=flags["BD"], BV=BV, BFS=BFS, BW=flags["BW"], BM=flags["BM"],
                                               num_warps=4)
-        _hybrid_step_combine[(B * H,)](args[1], args[2], args[6], args[7], state["k"], state["v"], state["valid"], pos,
+        _hybrid_step_combine[(B * H,)](step_in["k"], step_in["v"], step_in["valid"], step_in["mix"],
+                                       state["k"], state["v"], state["valid"], pos,
                                        part, sm, o, H, W, D, V, NF, HAS_VALID=valid is not None,
                                        LINEAR=bool(linear_enabled), BD=flags["BD"], BV=BV,
                                        BNF=pow2_block(NF, lo=1), num_warps=1)
