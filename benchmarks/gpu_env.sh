@@ -1,7 +1,8 @@
 # Source at the start of every device call: installs what the GPU image lacks (once per machine),
 # points the `smollm2-135m` alias at the GGUF assembled in /tmp/m, unpacks the evaluation sets.
-#   carried: .carry/whl/*.whl (lm-eval stack, gguf, transformers 5.23), .carry/evaldata.tar.xz
-#            (../shared/data without corpus/), .carry/corpus*/ (uint16 token files)
+#   carried: .carry/whl/*.whl (lm-eval stack, gguf, transformers), .carry/evaldata.tar.xz
+#            (../shared/data without corpus/), .carry/corpus*/ (uint16 token files); all built here by
+#            benchmarks/make_carry.sh
 export OUT=${OUT:-/tmp/out} PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 LINEARIZE_DATA=/tmp/data
 if [ ! -f /tmp/site/.done ] && ls .carry/whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .carry/whl/*.whl \
