@@ -122,6 +122,37 @@ def feature_map_compiled():
     return {"y": rel(y, y_ref), **{n: rel(p, r) for n, p, r in zip(("dx", "dw", "db"), g, gr)}}
 
 
+def feature_map_kernel():
+    """kernels/feature_map.py (bf16, no autograd) vs hedgehog_features' plain fp32 form, at a
+    prefill shape (strided heads-first view, as the projections leave it) and a decode step; plus
+    its time beside the compiled reference at the prefill shape."""
+    from linearize.attention.feature_maps import hedgehog_features
+    from linearize.kernels.feature_map import hedgehog_features_triton
+
+    torch.manual_seed(5)
+    w = (torch.eye(64, device=dev) + 0.1 * torch.randn(9, 64, 64, device=dev)).bfloat16()
+    b = (0.1 * torch.randn(9, 64, device=dev)).bfloat16()
+    out = {}
+    for name, x in (("prefill", torch.randn(16, 4096, 9, 64, device=dev, dtype=torch.bfloat16).transpose(1, 2)),
+                    ("step", torch.randn(16, 9, 1, 64, device=dev, dtype=torch.bfloat16))):
+        with torch.no_grad():
+            y = hedgehog_features_triton(x, w, b)
+            y_ref = hedgehog_features.reference(x.float(), w.float(), b.float())
+        out[name] = rel(y, y_ref)
+    x = torch.randn(16, 9, 4096, 64, device=dev, dtype=torch.bfloat16)
+    with torch.no_grad():
+        for label, fn in (("ms_kernel", hedgehog_features_triton), ("ms_compiled_ref", hedgehog_features)):
+            for _ in range(3):
+                fn(x, w, b)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(20):
+                fn(x, w, b)
+            torch.cuda.synchronize()
+            out[label] = round((time.perf_counter() - t0) / 20 * 1e3, 3)
+    return out
+
+
 def gsa_chunk_and_steps():
     torch.manual_seed(2)
     B, H, T, D, m = 2, 4, 300, 128, 64
@@ -238,6 +269,7 @@ if __name__ == "__main__":
     check("hybrid_chunk_and_steps_bf16", hybrid_chunk_and_steps)
     check("hybrid_chunk_grads_bf16_vs_fp32_ref", hybrid_chunk_grads_bf16)
     check("feature_map_compiled_bf16_vs_fp32", feature_map_compiled)
+    check("feature_map_kernel_bf16_vs_fp32", feature_map_kernel)
     check("gsa_chunk_and_steps_bf16", gsa_chunk_and_steps)
     check("fast_generate_graph_vs_hf_fp32", generate_graph_equals_hf)
     check("graphed_training_vs_eager_fp32", graphed_training_equals_eager)

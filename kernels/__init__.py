@@ -8,6 +8,7 @@ Importing this package registers, with ``linearize.attention.dispatch``:
     ("hybrid", "continue") chunk.hybrid_chunked_continue_triton   the same from a state (segmented prefill)
     ("gsa", "chunked")     chunk.gsa_chunked_triton    both GLA passes in Triton (fwd + bwd)
     ("rope", "head_major") rope.rope_head_major_triton RoPE + heads-first layout in one pass (no autograd)
+    ("hedgehog", "features") feature_map.hedgehog_features_triton  the feature map in one pass (no autograd)
 
 each for CUDA tensors only; anything else (CPU, no Triton) keeps the PyTorch reference.
 LINEARIZE_KERNELS=0 forces the references everywhere.
@@ -46,19 +47,19 @@ def register_all() -> bool:
         return False
     from linearize.attention import dispatch
 
-    from . import chunk, decode, rope
+    from . import chunk, decode, feature_map, rope
 
-    have = {fn for form in ("step", "chunked", "continue", "head_major") for op in ("hybrid", "gsa", "rope")
-            for fn in dispatch.registered(op, form)}
-    for op, form, fn, when in (
+    table = (
         ("rope", "head_major", rope.rope_head_major_triton, lambda **kw: rope.supports(**kw)),
+        ("hedgehog", "features", feature_map.hedgehog_features_triton, lambda **kw: feature_map.supports(**kw)),
         ("hybrid", "step", decode.hybrid_step_triton, _hybrid_step_when),
         ("gsa", "step", decode.gsa_step_triton, _gsa_when),
         ("hybrid", "chunked", chunk.hybrid_chunked_triton, _hybrid_step_when),
         ("hybrid", "continue", chunk.hybrid_chunked_continue_triton, _hybrid_step_when),
         ("gsa", "chunked", chunk.gsa_chunked_triton, _gsa_when),
-    ):
-        if fn not in have:
+    )
+    for op, form, fn, when in table:
+        if fn not in dispatch.registered(op, form):
             dispatch.register(op, form, fn, when=when)
     return True
 

@@ -385,3 +385,39 @@ def test_rope_head_major_kernel(B, T, H, Hkv, D, cos_batch):
     assert q2.shape == (B, H, T, D) and k2.shape == (B, Hkv, T, D) and q2.is_contiguous()
     close(q2, q_ref, tol=1e-6, what="q")
     close(k2, k_ref, tol=1e-6, what="k")
+
+
+@pytest.mark.parametrize("B,H,T,D,F,strided", [(2, 3, 37, 16, 16, False), (3, 2, 70, 24, 20, True), (2, 2, 1, 16, 16, False)])
+def test_hedgehog_features_kernel(B, H, T, D, F, strided):
+    """kernels/feature_map.py against feature_maps.hedgehog_features: a random (not identity) map and
+    bias, odd lengths, a decode step (T = 1), feature and head dims that are not powers of two, and x
+    as the strided heads-first view of a [B, T, H, D] tensor."""
+    from linearize.attention.feature_maps import hedgehog_features
+    from linearize.kernels.feature_map import hedgehog_features_triton
+
+    gen = torch.Generator().manual_seed(T + F)
+    x = torch.randn(B, T, H, D, generator=gen).transpose(1, 2) if strided else torch.randn(B, H, T, D, generator=gen)
+    w = torch.randn(H, D, F, generator=gen) / D ** 0.5 * 2
+    b = torch.randn(H, F, generator=gen)
+    ref = hedgehog_features.reference(x, w, b)
+    out = hedgehog_features_triton(x, w, b)
+    assert out.shape == (B, H, T, 2 * F) and out.is_contiguous()
+    close(out, ref, tol=1e-5, what="features")
+
+
+def test_hedgehog_features_dispatch():
+    """The kernel serves only forward passes with no autograd through the map (CUDA in practice;
+    the predicate is what decides)."""
+    from linearize.kernels import feature_map
+
+    x = torch.randn(1, 2, 5, 16)
+    w = torch.randn(2, 16, 16, requires_grad=True)
+    b = torch.zeros(2, 16)
+    assert not feature_map.supports(x, w, b)  # CPU tensors
+    cuda_like = type("T", (), {})  # the predicate's other conditions, on a stand-in for a CUDA tensor
+    fake = cuda_like()
+    fake.is_cuda, fake.requires_grad = True, False
+    fake.dim, fake.stride = (lambda: 4), (lambda i: 1)
+    assert not feature_map.supports(fake, w, b)  # autograd through the weight
+    with torch.no_grad():
+        assert feature_map.supports(fake, w, b)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import dispatch
 from .fusion import fused
 
 
@@ -32,7 +33,8 @@ class HedgehogFeatureMap(nn.Module):
         return 2 * self.weight.shape[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return hedgehog_features(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+        w, b = self.weight.to(x.dtype), self.bias.to(x.dtype)
+        return dispatch.lookup("hedgehog", "features", hedgehog_features, x=x, weight=w, bias=b)(x, w, b)
 
 
 @fused
