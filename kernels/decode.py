@@ -24,6 +24,49 @@ from .chunk import pow2_block
 
 
 @triton.jit
+def _evicted_key(fkr_ptr, g_ptr, gr_ptr, bh, slot, evict, of, mf, ow, mw, is_slot, W, F, HAS_G: tl.constexpr):
+    """For the state's rows ``of``: ek, the feature key leaving the ring at ``slot`` (0 before the ring
+    is full), decayed by the gates it saw in the window (this step's included); g, this step's gate;
+    decay = exp(g). Without gates: g 0, decay 1."""
+    ek = tl.load(fkr_ptr + (bh * W + slot) * F + of, mask=mf, other=0.).to(tl.float32)
+    ek = tl.where(evict, ek, 0.)
+    g = tl.zeros_like(ek)
+    decay = tl.zeros_like(ek) + 1.
+    if HAS_G:
+        g = tl.load(g_ptr + bh * F + of, mask=mf, other=0.).to(tl.float32)
+        gt = tl.load(gr_ptr + (bh * W + ow[:, None]) * F + of[None, :], mask=mw[:, None] & mf[None, :], other=0.)
+        gt = tl.where(is_slot[:, None], g[None, :], gt)
+        ek = ek * tl.exp(tl.sum(gt, 0))
+        decay = tl.exp(g)
+    return ek, g, decay
+
+
+@triton.jit
+def _update_den_column(Sbase, of, mf, V, ek, decay, HAS_G: tl.constexpr):
+    """The state's normaliser column (index V) for rows ``of``: decay, add the evicted key, store;
+    returns it. Sbase: this head's state [F, V + 1]."""
+    sden = tl.load(Sbase + of * (V + 1) + V, mask=mf, other=0.)
+    if HAS_G:
+        sden = sden * decay
+    sden = sden + ek
+    tl.store(Sbase + of * (V + 1) + V, sden, mask=mf)
+    return sden
+
+
+@triton.jit
+def _mixed_inverse(mix_ptr, h, den_sm, den_lin, LINEAR: tl.constexpr):
+    """(gamma, 1 / den) of the shared normaliser den = gamma den_sm + (1 - gamma) den_lin, gamma =
+    sigmoid(mix_h) (den_sm alone when the linear half is off); 1 / den is 0 where den <= 0."""
+    gamma = tl.sigmoid(tl.load(mix_ptr + h).to(tl.float32))
+    if LINEAR:
+        den = gamma * den_sm + (1 - gamma) * den_lin
+    else:
+        den = den_sm
+    ok = den > 0
+    return gamma, tl.where(ok, 1. / tl.where(ok, den, 1.), 0.)
+
+
+@triton.jit
 def _window_probs(q, k, kr_ptr, validr_ptr, mk_ptr, bh, b, h, slot, cur_valid, scale, W, M, D,
                   HAS_META: tl.constexpr, BD: tl.constexpr, BW: tl.constexpr, BM: tl.constexpr):
     """The softmax half's unnormalised weights for one head: ``p [BW]`` over the key ring with this
@@ -92,14 +135,7 @@ def _hybrid_step_kernel_tile(
         cur_valid = n >= 0  # True
 
     # ---- the evicted key (slot's old fk) and the gates
-    ek = tl.load(fkr_ptr + (bh * W + slot) * F + of, mask=mf, other=0.).to(tl.float32)
-    ek = tl.where(evict, ek, 0.)
-    if HAS_G:
-        g = tl.load(g_ptr + bh * F + of, mask=mf, other=0.).to(tl.float32)
-        gt = tl.load(gr_ptr + (bh * W + ow[:, None]) * F + of[None, :], mask=mw[:, None] & mf[None, :], other=0.)
-        gt = tl.where(is_slot[:, None], g[None, :], gt)
-        ek = ek * tl.exp(tl.sum(gt, 0))
-        decay = tl.exp(g)
+    ek, g, decay = _evicted_key(fkr_ptr, g_ptr, gr_ptr, bh, slot, evict, of, mf, ow, mw, is_slot, W, F, HAS_G)
     # ---- window scores over the ring, with this step's key in its slot
     p, pm, den_sm = _window_probs(q, k, kr_ptr, validr_ptr, mk_ptr, bh, b, h, slot, cur_valid, scale, W, M, D,
                                   HAS_META, BD, BW, BM)
@@ -109,19 +145,9 @@ def _hybrid_step_kernel_tile(
     # ---- normaliser column of S (index V): update, read
     SV1 = V + 1
     Sbase = S_ptr + bh * F * SV1
-    sden = tl.load(Sbase + of * SV1 + V, mask=mf, other=0.)
-    if HAS_G:
-        sden = sden * decay
-    sden = sden + ek
-    tl.store(Sbase + of * SV1 + V, sden, mask=mf)
+    sden = _update_den_column(Sbase, of, mf, V, ek, decay, HAS_G)
     den_lin = tl.sum(fq * sden, 0)
-    gamma = tl.sigmoid(tl.load(mix_ptr + h).to(tl.float32))
-    if LINEAR:
-        den = gamma * den_sm + (1 - gamma) * den_lin
-    else:
-        den = den_sm
-    ok = den > 0
-    inv = tl.where(ok, 1. / tl.where(ok, den, 1.), 0.)
+    gamma, inv = _mixed_inverse(mix_ptr, h, den_sm, den_lin, LINEAR)
 
     # ---- value blocks: ring values, meta values, linear state
     for v0 in range(0, V, BV):
@@ -259,14 +285,9 @@ def _hybrid_step_kernel_chunked(
         lin += tl.sum(fqc[:, None] * St, 0)
 
     # ---- one normaliser
+    gamma, inv = _mixed_inverse(mix_ptr, h, den_sm, den_lin, LINEAR)
     if LINEAR:
-        gamma = tl.sigmoid(tl.load(mix_ptr + h).to(tl.float32))
         num = gamma * num + (1 - gamma) * lin
-        den = gamma * den_sm + (1 - gamma) * den_lin
-    else:
-        den = den_sm
-    ok = den > 0
-    inv = tl.where(ok, 1. / tl.where(ok, den, 1.), 0.)
     tl.store(o_ptr + bh * V + ov, (num * inv).to(o_ptr.dtype.element_ty), mask=mv)
 
     # ---- every read of the old slot is done: write this step into the ring
@@ -323,23 +344,12 @@ def _hybrid_step_kernel_split(
 
     fq = tl.load(fq_ptr + bh * F + of, mask=mf, other=0.).to(tl.float32)
     fk = tl.load(fk_ptr + bh * F + of, mask=mf, other=0.)
-    ek = tl.load(fkr_ptr + (bh * W + slot) * F + of, mask=mf, other=0.).to(tl.float32)
-    ek = tl.where(evict, ek, 0.)
-    if HAS_G:
-        g = tl.load(g_ptr + bh * F + of, mask=mf, other=0.).to(tl.float32)
-        gt = tl.load(gr_ptr + (bh * W + ow[:, None]) * F + of[None, :], mask=mw[:, None] & mf[None, :], other=0.)
-        gt = tl.where(is_slot[:, None], g[None, :], gt)
-        ek = ek * tl.exp(tl.sum(gt, 0))
-        decay = tl.exp(g)
+    ek, g, decay = _evicted_key(fkr_ptr, g_ptr, gr_ptr, bh, slot, evict, of, mf, ow, mw, is_slot, W, F, HAS_G)
 
     SV1 = V + 1
     Sbase = S_ptr + bh * F * SV1
     pbase = part_ptr + (bh * NF + fs) * SV1
-    sden = tl.load(Sbase + of * SV1 + V, mask=mf, other=0.)
-    if HAS_G:
-        sden = sden * decay
-    sden = sden + ek
-    tl.store(Sbase + of * SV1 + V, sden, mask=mf)
+    sden = _update_den_column(Sbase, of, mf, V, ek, decay, HAS_G)
     tl.store(pbase + V, tl.sum(fq * sden, 0))
     for v0 in range(0, V, BV):
         ov = v0 + tl.arange(0, BV)
@@ -405,13 +415,7 @@ def _hybrid_step_combine(
     pbase = part_ptr + bh * NF * SV1
     den_lin = tl.sum(tl.load(pbase + onf * SV1 + V, mask=mnf, other=0.), 0)
     den_sm = tl.load(sm_ptr + bh * SV1 + V)
-    gamma = tl.sigmoid(tl.load(mix_ptr + h).to(tl.float32))
-    if LINEAR:
-        den = gamma * den_sm + (1 - gamma) * den_lin
-    else:
-        den = den_sm
-    ok = den > 0
-    inv = tl.where(ok, 1. / tl.where(ok, den, 1.), 0.)
+    gamma, inv = _mixed_inverse(mix_ptr, h, den_sm, den_lin, LINEAR)
     for v0 in range(0, V, BV):
         ov = v0 + tl.arange(0, BV)
         mv = ov < V
