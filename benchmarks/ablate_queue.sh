@@ -28,12 +28,12 @@ for row in "$@"; do
     fi
     [ $(left) -lt 45 ] && break
     echo "== $name: eval ($(left) s left)"
-    ABL_PHASE=eval EVAL_LIMIT_S=$(( $(left) - 15 )) bash benchmarks/ablate.sh "$@" > /tmp/ablout/last_eval.txt 2>&1 \
+    ABL_PHASE=eval EVAL_LIMIT_S=$(( $(left) - 15 )) bash benchmarks/ablate.sh "$@" > $OUT/last_eval.txt 2>&1 \
       && touch $R/eval.done
-    head -n 1 /tmp/ablout/last_eval.txt
+    head -n 1 $OUT/last_eval.txt
   fi
   [ -f $R/eval.done ] && done_rows=$(( done_rows + 1 ))
 done
 echo "queue: $done_rows of $rows rows done"
-tar czf $back/ablations.tar.gz -C /tmp/ablout --exclude='*.pt' --exclude='*.safetensors' .
+tar czf $back/ablations.tar.gz -C $OUT --exclude='*.pt' --exclude='*.safetensors' .
 ls -la $back
