@@ -248,6 +248,51 @@ def generate_graph_equals_hf():
     return out
 
 
+def rmsnorm_kernel():
+    """kernels/rmsnorm.py (bf16, no autograd) vs linearize.rmsnorm.rms_norm (HF's formula, eager) at
+    the prefill's [16, 16384, 576] and at a decode step's [16, 1, 576]; plus both times."""
+    import triton.testing
+
+    from linearize.kernels.rmsnorm import rms_norm_triton
+    from linearize.rmsnorm import rms_norm
+
+    torch.manual_seed(6)
+    w = (1 + 0.1 * torch.randn(576, device=dev)).bfloat16()
+    out = {}
+    with torch.no_grad():
+        for name, shape in (("prefill", (16, 16384, 576)), ("step", (16, 1, 576))):
+            x = torch.randn(*shape, device=dev, dtype=torch.bfloat16) * 3
+            y, y_ref = rms_norm_triton(x, w, 1e-5), rms_norm(x, w, 1e-5)
+            out[name] = rel(y, y_ref)
+            out[name + "_exact_frac"] = round((y == y_ref).float().mean().item(), 4)
+        x = torch.randn(16, 16384, 576, device=dev, dtype=torch.bfloat16)
+        for label, fn in (("ms_kernel", rms_norm_triton), ("ms_eager_ref", rms_norm)):
+            out[label] = round(triton.testing.do_bench(lambda: fn(x, w, 1e-5), return_mode="median"), 3)
+    return out
+
+
+def gla_prefill_tail():
+    """The stored-state GLA forward at one prefill layer (B16 x 9 heads x 16K, K 128, V 65, key gate),
+    no autograd: the normaliser column in the first value block (TAIL_COLUMN) against a block of
+    its own; outputs compared, times in ms."""
+    import triton.testing
+
+    torch.manual_seed(7)
+    B, H, T, K, V = 16, 9, 16384, 128, 65
+    q, k, v = (torch.randn(B, H, T, d, device=dev, dtype=torch.bfloat16) * 0.1 for d in (K, K, V))
+    gk = -torch.sigmoid(torch.randn(B, H, T, K, device=dev)) * 0.2
+    out, res = {}, {}
+    with torch.no_grad():
+        for tail in (True, False):
+            chunk.TAIL_COLUMN = tail
+            res[tail] = chunk.gla_chunked_stored(q, k, v, gk, None, None, 64)
+            out[f"ms_tail_{tail}"] = round(triton.testing.do_bench(
+                lambda: chunk.gla_chunked_stored(q, k, v, gk, None, None, 64), return_mode="median"), 3)
+    chunk.TAIL_COLUMN = True
+    out["o"], out["S"] = rel(res[True][0], res[False][0]), rel(res[True][1], res[False][1])
+    return out
+
+
 if __name__ == "__main__":
     import sys
 
@@ -265,6 +310,8 @@ if __name__ == "__main__":
     check("hybrid_chunk_grads_bf16_vs_fp32_ref", hybrid_chunk_grads_bf16)
     check("feature_map_compiled_bf16_vs_fp32", feature_map_compiled)
     check("feature_map_kernel_bf16_vs_fp32", feature_map_kernel)
+    check("rmsnorm_kernel_bf16_vs_eager", rmsnorm_kernel)
+    check("gla_prefill_tail_column", gla_prefill_tail)
     check("gsa_chunk_and_steps_bf16", gsa_chunk_and_steps)
     check("fast_generate_graph_vs_hf_fp32", generate_graph_equals_hf)
     check("graphed_training_vs_eager_fp32", graphed_training_equals_eager)

@@ -9,6 +9,7 @@ Importing this package registers, with ``linearize.attention.dispatch``:
     ("gsa", "chunked")     chunk.gsa_chunked_triton    both GLA passes in Triton (fwd + bwd)
     ("rope", "head_major") rope.rope_head_major_triton RoPE + heads-first layout in one pass (no autograd)
     ("hedgehog", "features") feature_map.hedgehog_features_triton  the feature map in one pass (no autograd)
+    ("rmsnorm", "forward") rmsnorm.rms_norm_triton     the families' RMSNorm in one pass (no autograd)
 
 each for CUDA tensors only; anything else (CPU, no Triton) keeps the PyTorch reference.
 LINEARIZE_KERNELS=0 forces the references everywhere.
@@ -47,11 +48,12 @@ def register_all() -> bool:
         return False
     from linearize.attention import dispatch
 
-    from . import chunk, decode, feature_map, rope
+    from . import chunk, decode, feature_map, rmsnorm, rope
 
     table = (
         ("rope", "head_major", rope.rope_head_major_triton, lambda **kw: rope.supports(**kw)),
         ("hedgehog", "features", feature_map.hedgehog_features_triton, lambda **kw: feature_map.supports(**kw)),
+        ("rmsnorm", "forward", rmsnorm.rms_norm_triton, lambda **kw: rmsnorm.supports(**kw)),
         ("hybrid", "step", decode.hybrid_step_triton, _hybrid_step_when),
         ("gsa", "step", decode.gsa_step_triton, _gsa_when),
         ("hybrid", "chunked", chunk.hybrid_chunked_triton, _hybrid_step_when),

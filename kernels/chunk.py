@@ -31,7 +31,10 @@ from . import fused_chunk
 def _fwd_h_kernel(k_ptr, v_ptr, gk_ptr, gv_ptr, h0_ptr, h_ptr, hT_ptr,
                   T, K, V, NT,
                   HAS_GK: tl.constexpr, HAS_GV: tl.constexpr, HAS_H0: tl.constexpr,
-                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, TAIL1: tl.constexpr):
+    # TAIL1: V = n * BV + 1 (the hybrids' normaliser column) and the grid has n value blocks; the
+    # first one also carries column V - 1 as a [BK] vector, instead of a second block that would
+    # re-read k and the gate for one column
     iv = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     ok_ = tl.program_id(2) * BK + tl.arange(0, BK)  # state rows of this program
@@ -40,12 +43,18 @@ def _fwd_h_kernel(k_ptr, v_ptr, gk_ptr, gv_ptr, h0_ptr, h_ptr, hT_ptr,
     mk = ok_ < K
     mv = ov < V
     mkv = mk[:, None] & mv[None, :]
+    mt = mk & ((ok_ * 0 + iv) == 0)  # the tail's rows: only the first value block carries it
+    hc = tl.zeros([BK], dtype=tl.float32)
     if HAS_H0:
         h = tl.load(h0_ptr + bh * K * V + ok_[:, None] * V + ov[None, :], mask=mkv, other=0.).to(tl.float32)
+        if TAIL1:
+            hc = tl.load(h0_ptr + bh * K * V + ok_ * V + V - 1, mask=mt, other=0.).to(tl.float32)
     else:
         h = tl.zeros([BK, BV], dtype=tl.float32)
     for n in range(NT):
         tl.store(h_ptr + (bh * NT + n) * K * V + ok_[:, None] * V + ov[None, :], h.to(h_ptr.dtype.element_ty), mask=mkv)
+        if TAIL1:
+            tl.store(h_ptr + (bh * NT + n) * K * V + ok_ * V + V - 1, hc.to(h_ptr.dtype.element_ty), mask=mt)
         t = n * BT + ot
         kc = tl.load(k_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
         vc = tl.load(v_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
@@ -54,20 +63,26 @@ def _fwd_h_kernel(k_ptr, v_ptr, gk_ptr, gv_ptr, h0_ptr, h_ptr, hT_ptr,
             gkl = tl.load(gk_ptr + (bh * T + n * BT + BT - 1) * K + ok_, mask=mk, other=0.)
             kc = (kc * tl.exp(gkl[None, :] - gk)).to(kc.dtype)
             h = h * tl.exp(gkl)[:, None]
+            hc = hc * tl.exp(gkl)
         if HAS_GV:
             gv = tl.load(gv_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
             gvl = tl.load(gv_ptr + (bh * T + n * BT + BT - 1) * V + ov, mask=mv, other=0.)
             vc = (vc * tl.exp(gvl[None, :] - gv)).to(vc.dtype)
             h = h * tl.exp(gvl)[None, :]
         h += tl.dot(tl.trans(kc), vc)
+        if TAIL1:  # (the other value blocks compute it too, and store nothing)
+            vt = tl.load(v_ptr + (bh * T + t) * V + V - 1).to(vc.dtype).to(tl.float32)  # rounded as the dot's operand
+            hc += tl.sum(kc.to(tl.float32) * vt[:, None], 0)
     tl.store(hT_ptr + bh * K * V + ok_[:, None] * V + ov[None, :], h, mask=mkv)
+    if TAIL1:
+        tl.store(hT_ptr + bh * K * V + ok_ * V + V - 1, hc, mask=mt)
 
 
 @triton.jit
 def _fwd_o_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, o_ptr,
                   T, K, V, NT,
                   HAS_GK: tl.constexpr, HAS_GV: tl.constexpr,
-                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, TAIL1: tl.constexpr):
     iv = tl.program_id(0)
     n = tl.program_id(1)
     bh = tl.program_id(2).to(tl.int64)
@@ -94,6 +109,12 @@ def _fwd_o_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, o_ptr,
     if HAS_GV:
         o = o * tl.exp(gv)
     tl.store(o_ptr + (bh * T + t[:, None]) * V + ov[None, :], o.to(o_ptr.dtype.element_ty), mask=mv[None, :])
+    if TAIL1:  # column V - 1 (see _fwd_h_kernel), from the operands already in registers
+        if iv == 0:
+            hc = tl.load(h_ptr + (bh * NT + n) * K * V + ok_ * V + V - 1, mask=mk, other=0.).to(qc.dtype).to(tl.float32)
+            vt = tl.load(v_ptr + (bh * T + t) * V + V - 1).to(vc.dtype).to(tl.float32)
+            oc = tl.sum(qc.to(tl.float32) * hc[None, :], 1) + tl.sum(A.to(tl.float32) * vt[None, :], 1)
+            tl.store(o_ptr + (bh * T + t) * V + V - 1, oc.to(o_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -209,6 +230,8 @@ def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
 # The state walks (fwd_h, bwd_dh) are sequential over chunks: split the state's rows over programs
 # too, so a [B*H] grid of short sequences still fills the GPU (the rows are independent).
 STATE_BK = int(os.environ.get("LINEARIZE_STATE_BK", "64"))
+# LINEARIZE_GLA_TAIL=0: the normaliser column in a value block of its own (the layout before session 11)
+TAIL_COLUMN = os.environ.get("LINEARIZE_GLA_TAIL", "1") != "0"
 
 
 def pow2_block(x: int, lo: int = 16) -> int:
@@ -275,14 +298,18 @@ def gla_fwd(q, k, v, gkc, gvc, h0, dims, BT):
     o = torch.empty(BH, Tp, V, device=dev, dtype=q.dtype)
     dummy = h
     BKS = min(BK, STATE_BK)
-    _fwd_h_kernel[(triton.cdiv(V, BV), BH, triton.cdiv(K, BKS))](
+    # the hybrids' values carry a normaliser column (V = 65 for 64-wide heads): that column rides
+    # along in the first value block rather than costing a second block
+    tail1 = gvc is None and V > BV and V % BV == 1 and TAIL_COLUMN
+    nv = V // BV if tail1 else triton.cdiv(V, BV)
+    _fwd_h_kernel[(nv, BH, triton.cdiv(K, BKS))](
         k, v, gkc if gkc is not None else dummy, gvc if gvc is not None else dummy,
         h0 if h0 is not None else dummy, h, hT, Tp, K, V, NT,
         HAS_GK=gkc is not None, HAS_GV=gvc is not None, HAS_H0=h0 is not None,
-        BT=BT, BK=BKS, BV=BV, num_warps=4)
-    _fwd_o_kernel[(triton.cdiv(V, BV), NT, BH)](
+        BT=BT, BK=BKS, BV=BV, TAIL1=tail1, num_warps=4)
+    _fwd_o_kernel[(nv, NT, BH)](
         q, k, v, gkc if gkc is not None else dummy, gvc if gvc is not None else dummy, h, o, Tp, K, V, NT,
-        HAS_GK=gkc is not None, HAS_GV=gvc is not None, BT=BT, BK=BK, BV=BV, num_warps=4)
+        HAS_GK=gkc is not None, HAS_GV=gvc is not None, BT=BT, BK=BK, BV=BV, TAIL1=tail1, num_warps=4)
     return o, h, hT
 
 

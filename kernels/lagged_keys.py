@@ -30,9 +30,10 @@ from .chunk import pow2_block
 
 
 @triton.jit
-def _lagged_keys_kernel(fk_ptr, g_ptr, out_ptr, T, F, W, BT: tl.constexpr, BC: tl.constexpr):
+def _lagged_keys_kernel(fk_ptr, g_ptr, out_ptr, T, F, W, H, sgb, sgh, sgt, BT: tl.constexpr, BC: tl.constexpr):
     it = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
+    gbase = (bh // H) * sgb + (bh % H) * sgh  # g keeps the gate's own layout (a [B, T, H, F] view)
     t = it * BT + tl.arange(0, BT)
     c = tl.program_id(2) * BC + tl.arange(0, BC)
     mc = c < F
@@ -40,8 +41,8 @@ def _lagged_keys_kernel(fk_ptr, g_ptr, out_ptr, T, F, W, BT: tl.constexpr, BC: t
     m_new = (t < T)[:, None] & mc[None, :]
     m_old = ((src >= 0) & (src < T))[:, None] & mc[None, :]  # the carry needs rows the last block does not write
     base = bh * T * F
-    g_new = tl.load(g_ptr + base + t[:, None] * F + c[None, :], mask=m_new, other=0.).to(tl.float32)
-    g_old = tl.load(g_ptr + base + src[:, None] * F + c[None, :], mask=m_old, other=0.).to(tl.float32)
+    g_new = tl.load(g_ptr + gbase + t[:, None].to(tl.int64) * sgt + c[None, :], mask=m_new, other=0.).to(tl.float32)
+    g_old = tl.load(g_ptr + gbase + src[:, None].to(tl.int64) * sgt + c[None, :], mask=m_old, other=0.).to(tl.float32)
     carry = tl.sum(tl.where(tl.arange(0, BT)[:, None] < W, g_old, 0.), axis=0)  # S at the row before the block
     S = carry[None, :] + tl.cumsum(g_new - g_old, axis=0)
     fk = tl.load(fk_ptr + base + src[:, None] * F + c[None, :], mask=m_old, other=0.).to(tl.float32)
@@ -64,10 +65,14 @@ def lagged_keys_triton(fk, v, g, window: int, ones: bool = True):
         if T > w:
             kk[:, :, w:] = fk[:, :, :T - w]
         return kk, vv
-    fk, g = fk.contiguous(), g.contiguous()
+    fk = fk.contiguous()
+    if g.stride(-1) != 1:
+        g = g.contiguous()
+    # g is read through its strides: the gate arrives as a heads-first view of [B, T, H, F], and a
+    # contiguous copy of it (fp32, 1.2 GB a layer at B16 x 16K) cost more than this kernel
     kk = torch.empty_like(fk)
     BT = pow2_block(w)
     BC = min(pow2_block(F), 64 if BT <= 64 else 32)
-    _lagged_keys_kernel[(triton.cdiv(T, BT), B * H, triton.cdiv(F, BC))](fk, g, kk, T, F, w, BT=BT, BC=BC,
-                                                                         num_warps=4)
+    _lagged_keys_kernel[(triton.cdiv(T, BT), B * H, triton.cdiv(F, BC))](
+        fk, g, kk, T, F, w, H, g.stride(0), g.stride(1), g.stride(2), BT=BT, BC=BC, num_warps=4)
     return kk, vv

@@ -48,18 +48,33 @@ def add_lora(model: torch.nn.Module, cfg: FinetuneConfig):
     return peft_model
 
 
-def kd_loss(student_logits, teacher_logits, labels, temperature: float = 1.0):
+def _kl_rows(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-position KL(teacher || student) of one slice: s, t [B, n, V] logits -> [B, n] (fp32)."""
+    log_s = F.log_softmax(s.float() / temperature, -1)
+    log_t = F.log_softmax(t.float() / temperature, -1)
+    return (log_t.exp() * (log_t - log_s)).sum(-1)
+
+
+def kd_loss(student_logits, teacher_logits, labels, temperature: float = 1.0, chunk: int = 1024):
     """T^2 * KL(teacher || student) per predicted token, averaged over positions with a label.
 
     logits: [B, T, V] (position t predicts token t+1); labels: [B, T] (IGNORE_INDEX = no loss).
+    Masked by multiplication rather than boolean indexing, so no shape depends on the data and the
+    step stays capturable in a CUDA graph; ``chunk`` positions at a time under activation
+    checkpointing, because the fp32 log-softmaxes of B x T x V (49K vocab) are several GB each.
     """
-    mask = labels[:, 1:] != IGNORE_INDEX
-    s = student_logits[:, :-1][mask].float() / temperature  # [N, V]
-    t = teacher_logits[:, :-1][mask].float() / temperature
-    if s.numel() == 0:
-        return student_logits.sum() * 0.0
-    kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
-    return kl * temperature**2
+    from torch.utils.checkpoint import checkpoint
+
+    weight = (labels[:, 1:] != IGNORE_INDEX).float()  # [B, T-1]
+    n = weight.shape[1]
+    total = student_logits.new_zeros((), dtype=torch.float32)
+    for a in range(0, n, chunk):
+        b = min(a + chunk, n)
+        s, t = student_logits[:, a:b], teacher_logits[:, a:b]
+        kl = (checkpoint(_kl_rows, s, t, temperature, use_reentrant=False, preserve_rng_state=False)
+              if torch.is_grad_enabled() and s.requires_grad else _kl_rows(s, t, temperature))
+        total = total + (kl * weight[:, a:b]).sum()
+    return total / weight.sum().clamp_min(1.0) * temperature**2
 
 
 def make_finetune_loss(peft_model, cfg: FinetuneConfig):

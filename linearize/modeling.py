@@ -42,9 +42,11 @@ def _make_family(family: str, config_cls, model_cls):
 
         def __init__(self, config):
             super().__init__(config)
+            from .rmsnorm import swap_norms
             from .surgery import swap_attention
 
             swap_attention(self, LinearizeConfig.from_dict(config.linearize))
+            swap_norms(self)
 
         @property
         def linearize_config(self) -> LinearizeConfig:

@@ -17,6 +17,7 @@ from torch import nn
 from .attention import ATTENTION_CLASSES, LinearizedAttention
 from .attention.base import MODES, PROJECTIONS
 from .config import LinearizeConfig
+from .rmsnorm import swap_norms
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def convert(model, config: LinearizeConfig | None = None, **options):
     check_convertible(model)
     config_cls, base_cls, lin_config_cls, lin_model_cls = FAMILIES[model.config.model_type]
     swap_attention(model, lcfg)
+    swap_norms(model)
     d = model.config.to_dict()
     d.pop("model_type", None)
     d.pop("architectures", None)

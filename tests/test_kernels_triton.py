@@ -47,6 +47,7 @@ def gate(shape, gen, gmax=1.0):
     (41, 16, 16, "none", False),
     (70, 24, 33, "both", True),
     (40, 80, 65, "gk", True),  # two key blocks (their partial sums added atomically), V + 1 = 65 wide values
+    (45, 24, 129, "none", False),  # the stored kernels' tail column (V = 2 * 64 + 1) behind two full blocks
 ])
 @pytest.mark.parametrize("kernels", ["fused", "stored"])
 def test_chunk_gla_forward_backward(T, K, V, which, h0, kernels):
@@ -54,6 +55,8 @@ def test_chunk_gla_forward_backward(T, K, V, which, h0, kernels):
     stored-state kernels, through gla_chunked_triton's choice and directly."""
     if kernels == "fused" and which in ("gv", "both"):
         pytest.skip("the fused walk has no value gate (gla_chunked_triton sends those to the stored kernels)")
+    if kernels == "fused" and V > fused_chunk.MAX_V:
+        pytest.skip("the fused walk keeps values at most MAX_V wide")
     gen = torch.Generator().manual_seed(T * 7 + K)
     B, Hkv, rep = 2, 1, 2
     H = Hkv * rep
@@ -183,7 +186,9 @@ def test_hybrid_chunked_forward_backward(gated, meta, kernels, monkeypatch):
 ])
 def test_lagged_keys_kernel(T, F, V, W, gated, ones):
     """kernels/lagged_keys.py against hybrid.lagged_keys: k'_t = fk_{t-w} exp(sum of the window's gates),
-    v'_t = [v_{t-w}, 1]; gates strong enough (down to -3 a step) that a wrong window sum shows."""
+    v'_t = [v_{t-w}, 1]; gates strong enough (down to -3 a step) that a wrong window sum shows. The
+    gate is read through its strides: the odd-T cases pass it as the gate module gives it, a
+    heads-first view of [B, T, H, F]."""
     from linearize.kernels.lagged_keys import lagged_keys_triton
 
     gen = torch.Generator().manual_seed(T + W)
@@ -191,6 +196,9 @@ def test_lagged_keys_kernel(T, F, V, W, gated, ones):
     fk = torch.rand(B, H, T, F, generator=gen) + 0.1
     v = torch.randn(B, H, T, V, generator=gen)
     g = gate((B, H, T, F), gen, gmax=3.0) if gated else None
+    if gated and T % 2:
+        g = g.transpose(1, 2).contiguous().transpose(1, 2)
+        assert not g.is_contiguous()
     kk_ref, vv_ref = hybrid.lagged_keys(fk, v, g, W, ones=ones)
     kk, vv = lagged_keys_triton(fk, v, g, W, ones=ones)
     assert kk.shape == kk_ref.shape and vv.shape == vv_ref.shape
@@ -421,3 +429,29 @@ def test_hedgehog_features_dispatch():
     assert not feature_map.supports(fake, w, b)  # autograd through the weight
     with torch.no_grad():
         assert feature_map.supports(fake, w, b)
+
+
+@pytest.mark.parametrize("shape,dtype,wdtype,strided", [
+    ((2, 37, 24), torch.float32, torch.float32, False),
+    ((3, 5, 576), torch.float32, torch.float32, True),
+    ((1, 1, 40), torch.bfloat16, torch.bfloat16, False),
+    ((4, 9, 48), torch.bfloat16, torch.float32, False),
+])
+def test_rmsnorm_kernel(shape, dtype, wdtype, strided):
+    """kernels/rmsnorm.py against linearize.rmsnorm.rms_norm: odd row counts, a hidden size that is
+    not a power of two (SmolLM2's 576), rows strided in memory, a single row (decode), bf16 input
+    with a bf16 or fp32 weight (the output dtype promotes as HF's does). fp32 1e-5; bf16 one
+    rounding step (2^-7 relative), since the two may round the normalised x on either side."""
+    from linearize.kernels.rmsnorm import rms_norm_triton
+    from linearize.rmsnorm import rms_norm
+
+    gen = torch.Generator().manual_seed(shape[-1])
+    if strided:  # a unit last stride with a row stride above N: a column slice of a wider tensor
+        x = (torch.randn(*shape[:-1], shape[-1] + 7, generator=gen) * 3).to(dtype)[..., 3:3 + shape[-1]]
+    else:
+        x = (torch.randn(*shape, generator=gen) * 3).to(dtype)
+    w = (torch.randn(shape[-1], generator=gen) * 0.5 + 1).to(wdtype)
+    ref = rms_norm(x, w, 1e-5)
+    out = rms_norm_triton(x, w, 1e-5)
+    assert out.shape == ref.shape and out.dtype == ref.dtype and out.is_contiguous()
+    close(out, ref, tol=1e-5 if dtype == torch.float32 else 2 ** -7, what="rmsnorm")

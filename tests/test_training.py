@@ -107,6 +107,34 @@ def test_stage2_changes_only_lora(tmp_path, text_path):
     assert diff and all("lora_B" in n or "lora_A" in n for n in diff)
 
 
+def test_kd_loss_matches_masked_reference():
+    """Chunked, multiplicatively masked KD == boolean-indexed KL over the labelled positions
+    (value and student gradient, fp32 ~1e-5), with a chunk that does not divide T - 1."""
+    import torch.nn.functional as F
+
+    from linearize.data import IGNORE_INDEX
+    from linearize.finetune import kd_loss
+
+    torch.manual_seed(0)
+    B, T, V, temp = 3, 11, 17, 2.0
+    s = torch.randn(B, T, V, requires_grad=True)
+    t = torch.randn(B, T, V)
+    labels = torch.randint(0, V, (B, T))
+    labels[0, :5] = IGNORE_INDEX
+    labels[2, 7:] = IGNORE_INDEX
+    mask = labels[:, 1:] != IGNORE_INDEX
+    ls = F.log_softmax(s[:, :-1][mask] / temp, -1)
+    lt = F.log_softmax(t[:, :-1][mask] / temp, -1)
+    ref = F.kl_div(ls, lt, log_target=True, reduction="batchmean") * temp**2
+    (g_ref,) = torch.autograd.grad(ref, s)
+    got = kd_loss(s, t, labels, temp, chunk=4)
+    (g,) = torch.autograd.grad(got, s)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-7)
+    all_ignored = torch.full_like(labels, IGNORE_INDEX)
+    assert kd_loss(s, t, all_ignored, temp).item() == 0.0
+
+
 def _distill_setup(tmp_path, text_path, *extra):
     from linearize.attention_transfer import freeze_all_but_new, linear_attentions, make_transfer_loss
     from linearize.surgery import set_mode
