@@ -290,6 +290,12 @@ def gla_prefill_tail():
                 lambda: chunk.gla_chunked_stored(q, k, v, gk, None, None, 64), return_mode="median"), 3)
     chunk.TAIL_COLUMN = True
     out["o"], out["S"] = rel(res[True][0], res[False][0]), rel(res[True][1], res[False][1])
+    keep = chunk.STATE_BK
+    for bk in (32, 128):  # the state walk's rows per program (default 64): more programs, or fewer re-reads of v
+        chunk.STATE_BK = bk
+        out[f"ms_tail_state_bk{bk}"] = round(triton.testing.do_bench(
+            lambda: chunk.gla_chunked_stored(q, k, v, gk, None, None, 64), return_mode="median"), 3)
+    chunk.STATE_BK = keep
     return out
 
 
