@@ -270,9 +270,10 @@ def smollm2_like(method, dev, dt, random_init=True, real=False, softmax_layers=(
 
         teacher = load_model("smollm2-135m")
         teacher = teacher[0] if isinstance(teacher, tuple) else teacher
-    else:  # SmolLM2-135M's shape, random weights: the speed is the same
+    else:  # SmolLM2-135M's shape, random weights: the speed is the same. Positions up to 256K, so
+        # the context-length rows (up to 128K) stay inside the config (default RoPE does not depend on it)
         cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=num_layers,
-                          num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=32768,
+                          num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=1 << 18,
                           tie_word_embeddings=True, rope_theta=100000.0)
         cfg._attn_implementation = "sdpa"
         torch.manual_seed(0)

@@ -86,6 +86,18 @@ class LinearizedCache(Cache):
 
         return cls(linear_layer_flags(model))
 
+    def get_mask_sizes(self, query_length, layer_idx: int = 0, *args, **kwargs) -> tuple[int, int]:
+        """(kv_length, kv_offset) of the 4-D attention mask the model builds before its layers.
+
+        Only the softmax layers a hybrid keeps read that mask (linear layers take the 2-D padding
+        mask, which the Linearized* forward routes to them), so its size comes from the first of
+        them. With none, it covers the query alone: a mask over the whole context would grow with it
+        (a 16K-token prefill segment at 128K of context built a 2 GB one)."""
+        for layer in self.layers:
+            if not isinstance(layer, RecurrentLayer):
+                return layer.get_mask_sizes(query_length, *args, **kwargs)
+        return (query_length if isinstance(query_length, int) else int(query_length.shape[0])), 0
+
     def nbytes(self) -> int:
         """Bytes held by every layer's state (softmax layers: their keys and values)."""
         total = 0

@@ -276,6 +276,18 @@ def test_decode_without_merged_weights_over_the_budget(monkeypatch, hybrid):
     assert all(f is not None and f.w_in is None and f.w_gu is None for f in d.fused)
 
 
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_mask_sizes_follow_the_softmax_layers(hybrid):
+    """The 4-D mask a continuation builds spans the context only where a softmax layer reads it: a
+    pure linear model's covers the new tokens alone (its memory must not grow with the context)."""
+    from linearize.generation import prefill
+
+    m = tiny_hybrid("lizard") if hybrid else tiny("lizard")
+    x = torch.randint(1, 101, (2, 23), generator=torch.Generator().manual_seed(9))
+    _, cache, _ = prefill(m, x)
+    assert cache.get_mask_sizes(5, 0) == ((23 + 5, 0) if hybrid else (5, 0))
+
+
 @pytest.mark.parametrize("method,hybrid", [("lizard", False), ("hedgehog", False), ("gsa", False), ("lizard", True)])
 def test_segmented_prefill_matches_the_whole_prompt(method, hybrid):
     """A prompt prefilled in segments (each continuing the state in the chunked form) gives the
