@@ -21,7 +21,7 @@ HF_RMSNORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm")
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Reference: x [..., N], weight [N] -> [...,  N] in promote(weight, x) dtype."""
+    """Reference: x [..., N], weight [N] -> [..., N] in promote(weight, x) dtype."""
     xf = x.to(torch.float32)
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
