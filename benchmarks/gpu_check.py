@@ -15,6 +15,13 @@ dev = "cuda"
 results = {}
 
 
+def ms(fn):
+    """Median time of fn() in ms (triton.testing.do_bench: warm-up, L2 cleared between runs)."""
+    import triton.testing
+
+    return round(triton.testing.do_bench(fn, return_mode="median"), 3)
+
+
 def rel(a, b):
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-9)).item()
 
@@ -141,12 +148,10 @@ def feature_map_kernel():
             y = hedgehog_features_triton(x, w, b)
             y_ref = hedgehog_features.reference(x.float(), w.float(), b.float())
         out[name] = rel(y, y_ref)
-    import triton.testing
-
     x = torch.randn(16, 9, 4096, 64, device=dev, dtype=torch.bfloat16)
     with torch.no_grad():
         for label, fn in (("ms_kernel", hedgehog_features_triton), ("ms_compiled_ref", hedgehog_features)):
-            out[label] = round(triton.testing.do_bench(lambda: fn(x, w, b), return_mode="median"), 3)
+            out[label] = ms(lambda: fn(x, w, b))
     return out
 
 
@@ -253,8 +258,6 @@ def generate_graph_equals_hf():
 def rmsnorm_kernel():
     """kernels/rmsnorm.py (bf16, no autograd) vs linearize.rmsnorm.rms_norm (HF's formula, eager) at
     the prefill's [16, 16384, 576] and at a decode step's [16, 1, 576]; plus both times."""
-    import triton.testing
-
     from linearize.kernels.rmsnorm import rms_norm_triton
     from linearize.rmsnorm import rms_norm
 
@@ -269,7 +272,7 @@ def rmsnorm_kernel():
             out[name + "_exact_frac"] = round((y == y_ref).float().mean().item(), 4)
         x = torch.randn(16, 16384, 576, device=dev, dtype=torch.bfloat16)
         for label, fn in (("ms_kernel", rms_norm_triton), ("ms_eager_ref", rms_norm)):
-            out[label] = round(triton.testing.do_bench(lambda: fn(x, w, 1e-5), return_mode="median"), 3)
+            out[label] = ms(lambda: fn(x, w, 1e-5))
     return out
 
 
@@ -277,27 +280,26 @@ def gla_prefill_tail():
     """The stored-state GLA forward at one prefill layer (B16 x 9 heads x 16K, K 128, V 65, key gate),
     no autograd: the normaliser column in the first value block (TAIL_COLUMN) against a block of
     its own; outputs compared, times in ms."""
-    import triton.testing
-
     torch.manual_seed(7)
     B, H, T, K, V = 16, 9, 16384, 128, 65
     q, k, v = (torch.randn(B, H, T, d, device=dev, dtype=torch.bfloat16) * 0.1 for d in (K, K, V))
     gk = -torch.sigmoid(torch.randn(B, H, T, K, device=dev)) * 0.2
+    fwd = lambda: chunk.gla_chunked_stored(q, k, v, gk, None, None, 64)  # noqa: E731
     out, res = {}, {}
-    with torch.no_grad():
-        for tail in (True, False):
-            chunk.TAIL_COLUMN = tail
-            res[tail] = chunk.gla_chunked_stored(q, k, v, gk, None, None, 64)
-            out[f"ms_tail_{tail}"] = round(triton.testing.do_bench(
-                lambda: chunk.gla_chunked_stored(q, k, v, gk, None, None, 64), return_mode="median"), 3)
-    chunk.TAIL_COLUMN = True
+    keep = chunk.TAIL_COLUMN, chunk.STATE_BK
+    try:
+        with torch.no_grad():
+            for tail in (True, False):
+                chunk.TAIL_COLUMN = tail
+                res[tail] = fwd()
+                out[f"ms_tail_{tail}"] = ms(fwd)
+            chunk.TAIL_COLUMN = True
+            for bk in (32, 128):  # the state walk's rows per program (default 64): more programs, or fewer re-reads of v
+                chunk.STATE_BK = bk
+                out[f"ms_tail_state_bk{bk}"] = ms(fwd)
+    finally:
+        chunk.TAIL_COLUMN, chunk.STATE_BK = keep
     out["o"], out["S"] = rel(res[True][0], res[False][0]), rel(res[True][1], res[False][1])
-    keep = chunk.STATE_BK
-    for bk in (32, 128):  # the state walk's rows per program (default 64): more programs, or fewer re-reads of v
-        chunk.STATE_BK = bk
-        out[f"ms_tail_state_bk{bk}"] = round(triton.testing.do_bench(
-            lambda: chunk.gla_chunked_stored(q, k, v, gk, None, None, 64), return_mode="median"), 3)
-    chunk.STATE_BK = keep
     return out
 
 

@@ -234,6 +234,13 @@ STATE_BK = int(os.environ.get("LINEARIZE_STATE_BK", "64"))
 TAIL_COLUMN = os.environ.get("LINEARIZE_GLA_TAIL", "1") != "0"
 
 
+def no_autograd(*tensors) -> bool:
+    """True when no autograd graph runs through ``tensors`` (None entries ignored): the condition under
+    which the forward-only kernels (rope, feature map, RMSNorm, lagged keys) may replace a reference.
+    Shared by their ``supports`` predicates."""
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+
+
 def pow2_block(x: int, lo: int = 16) -> int:
     """The block that covers a dimension of x: a power of two, at least lo (tl.dot wants every
     dimension >= 16). Shared by the chunk, window and decode kernels."""
@@ -449,8 +456,7 @@ def hybrid_chunked_triton(q, k, v, fq, fk, g, mix, window, scale, valid=None, me
     if linear_enabled or return_state:
         BT = chunk_size_for(chunk_size)
         # without autograd (prefill, scoring) the lagged keys come from their Triton kernel
-        needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (fk, v, g))
-        lagged = ref.lagged_keys if needs_grad else lagged_keys_triton
+        lagged = lagged_keys_triton if no_autograd(fk, v, g) else ref.lagged_keys
         if GLA_KERNELS == "fused" and BT is not None and fused_chunk.supports(fq, v):
             # the walk adds the normaliser's ones column itself: values stay one 64-wide block
             kk, vv = lagged(fk, v, g, window, ones=False)

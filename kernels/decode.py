@@ -478,7 +478,7 @@ def hybrid_step_triton(state, q, k, v, fq, fk, g, mix, scale, valid=None, meta_k
         part = torch.empty(B * H, NF, V + 1, device=q.device, dtype=torch.float32)
         sm = torch.empty(B * H, V + 1, device=q.device, dtype=torch.float32)
         BV = 64 if V > 32 else pow2_block(V)
-        split_in = [t for name, t in step_in.items() if name != "mix"]  # the gate mix is the combine's
+        split_in = [t for name, t in step_in.items() if name != "mix"]  # the mixing factor is the combine's
         _hybrid_step_kernel_split[(B * H, NF)](*split_in, *rings, part, sm, *sizes, NF,
                                               HAS_G=g is not None, HAS_META=has_meta, HAS_VALID=valid is not None,
                                               BD=flags["BD"], BV=BV, BFS=BFS, BW=flags["BW"], BM=flags["BM"],

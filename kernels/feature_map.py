@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .chunk import no_autograd
 from .window import _prec
 
 
@@ -67,4 +68,4 @@ def supports(x, weight, bias) -> bool:
     """CUDA, unit last stride, no autograd through the map, not inside a torch.compile trace (there
     Inductor fuses the reference itself)."""
     return (x.is_cuda and x.dim() == 4 and x.stride(-1) == 1 and not torch.compiler.is_compiling()
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad)))
+            and no_autograd(x, weight, bias))

@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .chunk import no_autograd
+
 
 @triton.jit
 def _rmsnorm_kernel(x_ptr, w_ptr, o_ptr, R, N, sx, eps, ROWS: tl.constexpr, BN: tl.constexpr):
@@ -50,4 +52,4 @@ def supports(x, weight) -> bool:
     return (x.is_cuda and x.dim() >= 1 and x.stride(-1) == 1 and x.shape[-1] == weight.shape[-1]
             and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
             and not torch.compiler.is_compiling()
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+            and no_autograd(x, weight))

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .chunk import no_autograd
+
 
 @triton.jit
 def _rope_kernel(x_ptr, cos_ptr, sin_ptr, out_ptr, T, H, sxb, sxt, sxh, scb, sct,
@@ -64,4 +66,4 @@ def rope_head_major_triton(q, k, cos, sin):
 def supports(q, k, cos, sin) -> bool:
     """CUDA, no autograd through the rotation, even head dim, unit last strides."""
     return (q.is_cuda and q.shape[-1] % 2 == 0 and q.stride(-1) == 1 and k.stride(-1) == 1
-            and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)))
+            and no_autograd(q, k))
