@@ -1,13 +1,15 @@
-"""Triton decode kernels: one launch per layer and step for the hybrids (Hedgehog / Lizard) and GSA.
+"""Triton decode kernels: one step of one layer for the hybrids (Hedgehog / Lizard) and GSA.
 
-Each program owns one (batch, head): it updates that head's fp32 state in place, attends over the
-sliding-window ring buffer (+ meta tokens) and the linear state, combines both under the shared
-normaliser and writes the output. The value dimension is walked in blocks inside the program, so
-the state is never held whole in registers; one program per head means no other program reads a
-ring slot this one overwrites (the evicted key is read before a barrier, the ring written after).
-The "split" variant gives each head several programs, one per slice of the state's rows (a batch of
-16 on SmolLM2's 9 heads is otherwise 144 programs on 132 SMs); a second kernel per head then adds the
-slices' partial sums and writes the key / value ring, after every program has read the old slot.
+The hybrid step ("sliced", the default) runs two launches. The first has NF + 1 programs per
+(batch, head): program i < NF owns rows i*SLICED_F .. of the head's fp32 state [F, V + 1] (value
+columns plus the normaliser column), loads them as one tile together with everything else it reads,
+so that all its reads are in flight at once, decays them, adds the evicted key, stores them and
+writes its partial numerator and normaliser; program NF computes the window half (key / value ring +
+meta tokens). The second launch, one program per head, combines the partials under the shared
+normaliser, writes the output and puts this step's key and value into the ring, after every program
+of the first launch has read the old slot. Each row slice writes its own rows of the feature-key and
+gate rings (no other program reads them). The "tile" variant is one program per head walking the
+value blocks in turn.
 
 The step counter lives in a device tensor (state["pos"], int32 [B]) so a CUDA graph can replay the
 step; the Python int state["n"] is kept in step for the reference code and the cache.
@@ -185,124 +187,6 @@ def _hybrid_step_kernel_tile(
         tl.store(validr_ptr + b * W + slot, cur_valid.to(validr_ptr.dtype.element_ty))
 
 
-@triton.jit
-def _hybrid_step_kernel_chunked(
-    q_ptr, k_ptr, v_ptr, fq_ptr, fk_ptr, g_ptr, valid_ptr, mix_ptr, mk_ptr, mv_ptr,
-    kr_ptr, vr_ptr, fkr_ptr, validr_ptr, S_ptr, gr_ptr, pos_ptr, o_ptr,
-    scale, H, W, M, D, V, F,
-    HAS_G: tl.constexpr, HAS_META: tl.constexpr, HAS_VALID: tl.constexpr, LINEAR: tl.constexpr,
-    BD: tl.constexpr, BV: tl.constexpr, BF: tl.constexpr, BW: tl.constexpr, BM: tl.constexpr,
-    CD: tl.constexpr, CF: tl.constexpr,
-):
-    # Register tiles stay small: scores are built over D in chunks of CD, the linear state is walked
-    # over F in chunks of CF rows (each a [CF, BV] tile); only the ring's values are held whole.
-    bh = tl.program_id(0).to(tl.int64)
-    b = bh // H
-    h = bh % H
-    n = tl.load(pos_ptr + b)
-    slot = n % W
-    evict = n >= W
-
-    ow = tl.arange(0, BW)
-    mw = ow < W
-    is_slot = ow == slot
-    if HAS_VALID:
-        cur_valid = tl.load(valid_ptr + b).to(tl.int1)
-    else:
-        cur_valid = n >= 0  # True
-
-    # ---- window (and meta) scores, this step's key in its slot
-    s = tl.zeros([BW], dtype=tl.float32)
-    if HAS_META:
-        om = tl.arange(0, BM)
-        mm = om < M
-        sm = tl.zeros([BM], dtype=tl.float32)
-    for d0 in range(0, D, CD):
-        od = d0 + tl.arange(0, CD)
-        md = od < D
-        qd = tl.load(q_ptr + bh * D + od, mask=md, other=0.).to(tl.float32)
-        kd = tl.load(k_ptr + bh * D + od, mask=md, other=0.)
-        kt = tl.load(kr_ptr + (bh * W + ow[:, None]) * D + od[None, :], mask=mw[:, None] & md[None, :], other=0.)
-        kt = tl.where(is_slot[:, None], kd[None, :], kt).to(tl.float32)
-        s += tl.sum(kt * qd[None, :], 1)
-        if HAS_META:
-            mkt = tl.load(mk_ptr + (h * M + om[:, None]) * D + od[None, :], mask=mm[:, None] & md[None, :], other=0.)
-            sm += tl.sum(mkt.to(tl.float32) * qd[None, :], 1)
-    s = s * scale
-    vr = tl.load(validr_ptr + b * W + ow, mask=mw, other=0).to(tl.int1)
-    vr = tl.where(is_slot, cur_valid, vr) & mw
-    s = tl.where(vr, s, float("-inf"))
-    m = tl.max(s, 0)
-    if HAS_META:
-        sm = tl.where(mm, sm * scale, float("-inf"))
-        m = tl.maximum(m, tl.max(sm, 0))
-    m = tl.where(m == float("-inf"), 0., m)
-    p = tl.exp(s - m)
-    den_sm = tl.sum(p, 0)
-    if HAS_META:
-        pm = tl.exp(sm - m)
-        den_sm += tl.sum(pm, 0)
-
-    # ---- window values (the evicted value row comes out of the same tile)
-    ov = tl.arange(0, BV)
-    mv = ov < V
-    vnew = tl.load(v_ptr + bh * V + ov, mask=mv, other=0.)
-    vt = tl.load(vr_ptr + (bh * W + ow[:, None]) * V + ov[None, :], mask=mw[:, None] & mv[None, :], other=0.)
-    ev = tl.sum(tl.where(is_slot[:, None], vt.to(tl.float32), 0.), 0)
-    vt = tl.where(is_slot[:, None], vnew[None, :], vt).to(tl.float32)
-    num = tl.sum(p[:, None] * vt, 0)
-    if HAS_META:
-        mvt = tl.load(mv_ptr + (h * M + om[:, None]) * V + ov[None, :], mask=mm[:, None] & mv[None, :], other=0.)
-        num += tl.sum(pm[:, None] * mvt.to(tl.float32), 0)
-
-    # ---- linear state S [F, V + 1] in row chunks: decay, add the evicted key, read with fq
-    SV1 = V + 1
-    Sbase = S_ptr + bh * F * SV1
-    lin = tl.zeros([BV], dtype=tl.float32)
-    den_lin = 0.
-    for f0 in range(0, F, CF):
-        of = f0 + tl.arange(0, CF)
-        mf = of < F
-        fqc = tl.load(fq_ptr + bh * F + of, mask=mf, other=0.).to(tl.float32)
-        ek = tl.load(fkr_ptr + (bh * W + slot) * F + of, mask=mf, other=0.).to(tl.float32)
-        ek = tl.where(evict, ek, 0.)
-        if HAS_G:
-            gc = tl.load(g_ptr + bh * F + of, mask=mf, other=0.).to(tl.float32)
-            gt = tl.load(gr_ptr + (bh * W + ow[:, None]) * F + of[None, :], mask=mw[:, None] & mf[None, :], other=0.)
-            gt = tl.where(is_slot[:, None], gc[None, :], gt)
-            ek = ek * tl.exp(tl.sum(gt, 0))  # decay while it sat in the window
-            dec = tl.exp(gc)
-        sden = tl.load(Sbase + of * SV1 + V, mask=mf, other=0.)
-        St = tl.load(Sbase + of[:, None] * SV1 + ov[None, :], mask=mf[:, None] & mv[None, :], other=0.)
-        if HAS_G:
-            sden = sden * dec
-            St = St * dec[:, None]
-        sden = sden + ek
-        St = St + ek[:, None] * ev[None, :]
-        tl.store(Sbase + of * SV1 + V, sden, mask=mf)
-        tl.store(Sbase + of[:, None] * SV1 + ov[None, :], St, mask=mf[:, None] & mv[None, :])
-        den_lin += tl.sum(fqc * sden, 0)
-        lin += tl.sum(fqc[:, None] * St, 0)
-
-    # ---- one normaliser
-    gamma, inv = _mixed_inverse(mix_ptr, h, den_sm, den_lin, LINEAR)
-    if LINEAR:
-        num = gamma * num + (1 - gamma) * lin
-    tl.store(o_ptr + bh * V + ov, (num * inv).to(o_ptr.dtype.element_ty), mask=mv)
-
-    # ---- every read of the old slot is done: write this step into the ring
-    tl.debug_barrier()
-    tl.store(vr_ptr + (bh * W + slot) * V + ov, vnew, mask=mv)
-    odd = tl.arange(0, BD)
-    tl.store(kr_ptr + (bh * W + slot) * D + odd, tl.load(k_ptr + bh * D + odd, mask=odd < D, other=0.), mask=odd < D)
-    off = tl.arange(0, BF)
-    tl.store(fkr_ptr + (bh * W + slot) * F + off, tl.load(fk_ptr + bh * F + off, mask=off < F, other=0.), mask=off < F)
-    if HAS_G:
-        tl.store(gr_ptr + (bh * W + slot) * F + off, tl.load(g_ptr + bh * F + off, mask=off < F, other=0.).to(tl.float32), mask=off < F)
-    if h == 0:
-        tl.store(validr_ptr + b * W + slot, cur_valid.to(validr_ptr.dtype.element_ty))
-
-
 def _pos(state, B, device):
     """The device step counter, created from state["n"] the first time a kernel sees the state."""
     pos = state.get("pos")
@@ -319,107 +203,22 @@ def advance(state, inc_pos: bool = True):
 
 
 @triton.jit
-def _hybrid_step_kernel_split(
-    q_ptr, k_ptr, v_ptr, fq_ptr, fk_ptr, g_ptr, valid_ptr, mk_ptr, mv_ptr,
-    kr_ptr, vr_ptr, fkr_ptr, validr_ptr, S_ptr, gr_ptr, pos_ptr, part_ptr, sm_ptr,
-    scale, H, W, M, D, V, F, NF,
-    HAS_G: tl.constexpr, HAS_META: tl.constexpr, HAS_VALID: tl.constexpr,
-    BD: tl.constexpr, BV: tl.constexpr, BFS: tl.constexpr, BW: tl.constexpr, BM: tl.constexpr,
-):
-    """Program (head, f-slice): the linear state's rows f0 .. f0+BFS (update, partial num / den into
-    part [B*H, NF, V+1]); the slice-0 program also computes the window half (into sm [B*H, V+1]).
-    The k / v ring is written by _hybrid_step_combine, after every program here read the old slot."""
-    bh = tl.program_id(0).to(tl.int64)
-    fs = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    n = tl.load(pos_ptr + b)
-    slot = n % W
-    evict = n >= W
-    of = fs * BFS + tl.arange(0, BFS)
-    ow = tl.arange(0, BW)
-    mf = of < F
-    mw = ow < W
-    is_slot = ow == slot
-
-    fq = tl.load(fq_ptr + bh * F + of, mask=mf, other=0.).to(tl.float32)
-    fk = tl.load(fk_ptr + bh * F + of, mask=mf, other=0.)
-    ek, g, decay = _evicted_key(fkr_ptr, g_ptr, gr_ptr, bh, slot, evict, of, mf, ow, mw, is_slot, W, F, HAS_G)
-
-    SV1 = V + 1
-    Sbase = S_ptr + bh * F * SV1
-    pbase = part_ptr + (bh * NF + fs) * SV1
-    sden = _update_den_column(Sbase, of, mf, V, ek, decay, HAS_G)
-    tl.store(pbase + V, tl.sum(fq * sden, 0))
-    for v0 in range(0, V, BV):
-        ov = v0 + tl.arange(0, BV)
-        mv = ov < V
-        ev = tl.load(vr_ptr + (bh * W + slot) * V + ov, mask=mv, other=0.).to(tl.float32)
-        ev = tl.where(evict, ev, 0.)  # ek is 0 before the ring is full; keep 0 * garbage out
-        St = tl.load(Sbase + of[:, None] * SV1 + ov[None, :], mask=mf[:, None] & mv[None, :], other=0.)
-        if HAS_G:
-            St = St * decay[:, None]
-        St = St + ek[:, None] * ev[None, :]
-        tl.store(Sbase + of[:, None] * SV1 + ov[None, :], St, mask=mf[:, None] & mv[None, :])
-        tl.store(pbase + ov, tl.sum(fq[:, None] * St, 0), mask=mv)
-
-    if fs == 0:  # the window half, once per head
-        od = tl.arange(0, BD)
-        md = od < D
-        q = tl.load(q_ptr + bh * D + od, mask=md, other=0.).to(tl.float32)
-        k = tl.load(k_ptr + bh * D + od, mask=md, other=0.)
-        if HAS_VALID:
-            cur_valid = tl.load(valid_ptr + b).to(tl.int1)
-        else:
-            cur_valid = n >= 0
-        p, pm, den_sm = _window_probs(q, k, kr_ptr, validr_ptr, mk_ptr, bh, b, h, slot, cur_valid, scale, W, M, D,
-                                      HAS_META, BD, BW, BM)
-        om = tl.arange(0, BM)
-        mm = om < M
-        tl.store(sm_ptr + bh * SV1 + V, den_sm)
-        for v0 in range(0, V, BV):
-            ov = v0 + tl.arange(0, BV)
-            mv = ov < V
-            vnew = tl.load(v_ptr + bh * V + ov, mask=mv, other=0.)
-            vt = tl.load(vr_ptr + (bh * W + ow[:, None]) * V + ov[None, :], mask=mw[:, None] & mv[None, :], other=0.)
-            vt = tl.where(is_slot[:, None], vnew[None, :], vt).to(tl.float32)
-            num = tl.sum(p[:, None] * vt, 0)
-            if HAS_META:
-                mvt = tl.load(mv_ptr + (h * M + om[:, None]) * V + ov[None, :], mask=mm[:, None] & mv[None, :], other=0.).to(tl.float32)
-                num += tl.sum(pm[:, None] * mvt, 0)
-            tl.store(sm_ptr + bh * SV1 + ov, num, mask=mv)
-
-    # this slice of the key / gate rings: read above by this program only
-    tl.debug_barrier()
-    tl.store(fkr_ptr + (bh * W + slot) * F + of, fk, mask=mf)
-    if HAS_G:
-        tl.store(gr_ptr + (bh * W + slot) * F + of, g, mask=mf)
-
-
-@triton.jit
-def _hybrid_step_combine(
-    k_ptr, v_ptr, valid_ptr, mix_ptr, kr_ptr, vr_ptr, validr_ptr, pos_ptr, part_ptr, sm_ptr, o_ptr,
-    H, W, D, V, NF,
-    HAS_VALID: tl.constexpr, LINEAR: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, BNF: tl.constexpr,
-):
-    """Per head: the shared normaliser over the window half and the slices' partial sums; then this
-    step's key and value go into the ring (every reader of the old slot has finished)."""
-    bh = tl.program_id(0).to(tl.int64)
-    b = bh // H
-    h = bh % H
-    n = tl.load(pos_ptr + b)
-    slot = n % W
+def _combine_head(bh, b, h, slot, n, k_ptr, v_ptr, valid_ptr, mix_ptr, kr_ptr, vr_ptr, validr_ptr, pbase, o_ptr,
+                  W, D, V, NF, HAS_VALID: tl.constexpr, LINEAR: tl.constexpr,
+                  BD: tl.constexpr, BV: tl.constexpr, BNF: tl.constexpr):
+    """One head's output from its partial sums ``pbase`` [NF + 1, V + 1] (rows 0 .. NF-1: the linear
+    state's slices, numerator then normaliser; row NF: the window half), then this step's key and
+    value into the ring (the caller guarantees every reader of the old slot has finished)."""
     SV1 = V + 1
     onf = tl.arange(0, BNF)
     mnf = onf < NF
-    pbase = part_ptr + bh * NF * SV1
     den_lin = tl.sum(tl.load(pbase + onf * SV1 + V, mask=mnf, other=0.), 0)
-    den_sm = tl.load(sm_ptr + bh * SV1 + V)
+    den_sm = tl.load(pbase + NF * SV1 + V)
     gamma, inv = _mixed_inverse(mix_ptr, h, den_sm, den_lin, LINEAR)
     for v0 in range(0, V, BV):
         ov = v0 + tl.arange(0, BV)
         mv = ov < V
-        num = tl.load(sm_ptr + bh * SV1 + ov, mask=mv, other=0.)
+        num = tl.load(pbase + NF * SV1 + ov, mask=mv, other=0.)
         if LINEAR:
             lin = tl.sum(tl.load(pbase + onf[:, None] * SV1 + ov[None, :], mask=mnf[:, None] & mv[None, :], other=0.), 0)
             num = gamma * num + (1 - gamma) * lin
@@ -436,15 +235,118 @@ def _hybrid_step_combine(
         tl.store(validr_ptr + b * W + slot, cur_valid.to(validr_ptr.dtype.element_ty))
 
 
-# Variants of the hybrid step: "tile" holds the ring's key / gate tiles whole and walks V in blocks;
-# "chunked" walks D and F in chunks (fewer registers); "split" (above) spreads the state's rows over
-# programs. Default: Lizard "split" from SPLIT_MIN_HEADS batch x heads and "tile" below, Hedgehog
-# "chunked"; LINEARIZE_DECODE_VARIANT overrides.
+@triton.jit
+def _hybrid_step_kernel_sliced(
+    q_ptr, k_ptr, v_ptr, fq_ptr, fk_ptr, g_ptr, valid_ptr, mk_ptr, mv_ptr,
+    kr_ptr, vr_ptr, fkr_ptr, validr_ptr, S_ptr, gr_ptr, pos_ptr, part_ptr,
+    scale, H, W, M, D, V, F, NF,
+    HAS_G: tl.constexpr, HAS_META: tl.constexpr, HAS_VALID: tl.constexpr,
+    BD: tl.constexpr, BV: tl.constexpr, BFS: tl.constexpr, BW: tl.constexpr, BM: tl.constexpr,
+):
+    """Program (head, i). i < NF: the linear state's rows i*BFS .. i*BFS+BFS-1, as [BFS, BV] tiles
+    (one tile when V <= BV, the usual case: every read of the program is then issued before any
+    arithmetic and is in flight at once); decay, add the evicted key, store; partial numerator
+    fq . S and normaliser fq . S[:, V] into part[bh, i]. i == NF: the window half (key / value ring
+    + meta tokens) into part[bh, NF]. _hybrid_step_combine_sliced then finishes each head."""
+    bh = tl.program_id(0).to(tl.int64)
+    i = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    n = tl.load(pos_ptr + b)
+    slot = n % W
+    evict = n >= W
+    SV1 = V + 1
+    pbase = part_ptr + (bh * (NF + 1) + i) * SV1
+    ow = tl.arange(0, BW)
+    mw = ow < W
+    is_slot = ow == slot
+    if i < NF:
+        of = i * BFS + tl.arange(0, BFS)
+        mf = of < F
+        Sbase = S_ptr + bh * F * SV1
+        ov = tl.arange(0, BV)
+        mv = ov < V
+        St = tl.load(Sbase + of[:, None] * SV1 + ov[None, :], mask=mf[:, None] & mv[None, :], other=0.)
+        ev = tl.load(vr_ptr + (bh * W + slot) * V + ov, mask=mv, other=0.).to(tl.float32)
+        fq = tl.load(fq_ptr + bh * F + of, mask=mf, other=0.).to(tl.float32)
+        fk = tl.load(fk_ptr + bh * F + of, mask=mf, other=0.)
+        ek, g, decay = _evicted_key(fkr_ptr, g_ptr, gr_ptr, bh, slot, evict, of, mf, ow, mw, is_slot, W, F, HAS_G)
+        sden = _update_den_column(Sbase, of, mf, V, ek, decay, HAS_G)
+        tl.store(pbase + V, tl.sum(fq * sden, 0))
+        for v0 in range(0, V, BV):
+            if v0 > 0:  # wide values only: the next block
+                ov = v0 + tl.arange(0, BV)
+                mv = ov < V
+                St = tl.load(Sbase + of[:, None] * SV1 + ov[None, :], mask=mf[:, None] & mv[None, :], other=0.)
+                ev = tl.load(vr_ptr + (bh * W + slot) * V + ov, mask=mv, other=0.).to(tl.float32)
+            ev = tl.where(evict, ev, 0.)  # ek is 0 before the ring is full; keep 0 * garbage out
+            if HAS_G:
+                St = St * decay[:, None]
+            St = St + ek[:, None] * ev[None, :]
+            tl.store(Sbase + of[:, None] * SV1 + ov[None, :], St, mask=mf[:, None] & mv[None, :])
+            tl.store(pbase + ov, tl.sum(fq[:, None] * St, 0), mask=mv)
+        # this slice of the key / gate rings: read above by this program only
+        tl.debug_barrier()
+        tl.store(fkr_ptr + (bh * W + slot) * F + of, fk, mask=mf)
+        if HAS_G:
+            tl.store(gr_ptr + (bh * W + slot) * F + of, g, mask=mf)
+    else:
+        ov = tl.arange(0, BV)
+        mv = ov < V
+        vt = tl.load(vr_ptr + (bh * W + ow[:, None]) * V + ov[None, :], mask=mw[:, None] & mv[None, :], other=0.)
+        od = tl.arange(0, BD)
+        md = od < D
+        q = tl.load(q_ptr + bh * D + od, mask=md, other=0.).to(tl.float32)
+        k = tl.load(k_ptr + bh * D + od, mask=md, other=0.)
+        if HAS_VALID:
+            cur_valid = tl.load(valid_ptr + b).to(tl.int1)
+        else:
+            cur_valid = n >= 0
+        p, pm, den_sm = _window_probs(q, k, kr_ptr, validr_ptr, mk_ptr, bh, b, h, slot, cur_valid, scale, W, M, D,
+                                      HAS_META, BD, BW, BM)
+        tl.store(pbase + V, den_sm)
+        om = tl.arange(0, BM)
+        mm = om < M
+        for v0 in range(0, V, BV):
+            if v0 > 0:
+                ov = v0 + tl.arange(0, BV)
+                mv = ov < V
+                vt = tl.load(vr_ptr + (bh * W + ow[:, None]) * V + ov[None, :], mask=mw[:, None] & mv[None, :], other=0.)
+            vnew = tl.load(v_ptr + bh * V + ov, mask=mv, other=0.)
+            vw = tl.where(is_slot[:, None], vnew[None, :], vt).to(tl.float32)
+            num = tl.sum(p[:, None] * vw, 0)
+            if HAS_META:
+                mvt = tl.load(mv_ptr + (h * M + om[:, None]) * V + ov[None, :], mask=mm[:, None] & mv[None, :], other=0.).to(tl.float32)
+                num += tl.sum(pm[:, None] * mvt, 0)
+            tl.store(pbase + ov, num, mask=mv)
+
+
+@triton.jit
+def _hybrid_step_combine_sliced(
+    k_ptr, v_ptr, valid_ptr, mix_ptr, kr_ptr, vr_ptr, validr_ptr, pos_ptr, part_ptr, o_ptr,
+    H, W, D, V, NF,
+    HAS_VALID: tl.constexpr, LINEAR: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, BNF: tl.constexpr,
+):
+    """Per head, after _hybrid_step_kernel_sliced: the combine and the ring slot."""
+    bh = tl.program_id(0).to(tl.int64)
+    b = bh // H
+    n = tl.load(pos_ptr + b)
+    _combine_head(bh, b, bh % H, n % W, n, k_ptr, v_ptr, valid_ptr, mix_ptr, kr_ptr, vr_ptr, validr_ptr,
+                  part_ptr + bh * (NF + 1) * (V + 1), o_ptr, W, D, V, NF, HAS_VALID, LINEAR, BD, BV, BNF)
+
+
+# Variants of the hybrid step: "sliced" (the default) spreads each head's state rows over programs,
+# beside one program for the window half, then combines per head in a second kernel; "tile" is one
+# program per head walking V in blocks. LINEARIZE_DECODE_VARIANT overrides the default.
+# Measured on the H100 from CUDA-graph replays (benchmarks/2026-11-25-h100-session12): sliced is the
+# faster at batch 1, 16 and 64, Llama-3-8B and SmolLM2 head shapes, Lizard and Hedgehog.
 DECODE_VARIANT = os.environ.get("LINEARIZE_DECODE_VARIANT", "")
-# "split": the linear state's F rows in slices of SPLIT_F, one program per (head, slice), then a
-# combine kernel per head (more programs than B * H for small batches, at the cost of a second launch)
-SPLIT_F = int(os.environ.get("LINEARIZE_DECODE_SPLIT_F", "32"))
-SPLIT_MIN_HEADS = 128  # batch x heads from which Lizard's default is "split" (B16 x 9 heads: 13.1 vs 25.1 us)
+# sliced: SLICED_F state rows a program as one [SLICED_F, V] tile (values wider than SLICED_MAX_V in
+# blocks of it); 32 rows on 2 warps measured best of 16 / 32 / 64 x 1 / 2 / 4 (sweep_decode.py)
+SLICED_F = int(os.environ.get("LINEARIZE_DECODE_SLICED_F", "32"))
+SLICED_WARPS = int(os.environ.get("LINEARIZE_DECODE_SLICED_WARPS", "2"))
+SLICED_MAX_V = 256
+VARIANTS = ("sliced", "tile")
 
 
 def hybrid_step_triton(state, q, k, v, fq, fk, g, mix, scale, valid=None, meta_k=None, meta_v=None,
@@ -469,28 +371,24 @@ def hybrid_step_triton(state, q, k, v, fq, fk, g, mix, scale, valid=None, meta_k
     args = (*step_in.values(), *rings, o, *sizes)
     flags = dict(HAS_G=g is not None, HAS_META=has_meta, HAS_VALID=valid is not None, LINEAR=bool(linear_enabled),
                  BD=pow2_block(D), BF=pow2_block(F), BW=pow2_block(W), BM=pow2_block(max(M, 1)))
-    # the default, measured on the H100 (session 9): for Lizard, split wins from ~128 batch x heads
-    variant = variant or DECODE_VARIANT or (
-        ("split" if B * H >= SPLIT_MIN_HEADS else "tile") if g is not None else "chunked")
-    if variant == "split":
-        BFS = min(SPLIT_F, pow2_block(F, lo=1))
+    variant = variant or DECODE_VARIANT or "sliced"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown decode variant {variant!r}; expected one of {VARIANTS}")
+    if variant == "sliced":
+        BFS = min(SLICED_F, pow2_block(F, lo=1))
         NF = triton.cdiv(F, BFS)
-        part = torch.empty(B * H, NF, V + 1, device=q.device, dtype=torch.float32)
-        sm = torch.empty(B * H, V + 1, device=q.device, dtype=torch.float32)
-        BV = 64 if V > 32 else pow2_block(V)
-        split_in = [t for name, t in step_in.items() if name != "mix"]  # the mixing factor is the combine's
-        _hybrid_step_kernel_split[(B * H, NF)](*split_in, *rings, part, sm, *sizes, NF,
-                                              HAS_G=g is not None, HAS_META=has_meta, HAS_VALID=valid is not None,
-                                              BD=flags["BD"], BV=BV, BFS=BFS, BW=flags["BW"], BM=flags["BM"],
-                                              num_warps=4)
-        _hybrid_step_combine[(B * H,)](step_in["k"], step_in["v"], step_in["valid"], step_in["mix"],
-                                       state["k"], state["v"], state["valid"], pos,
-                                       part, sm, o, H, W, D, V, NF, HAS_VALID=valid is not None,
-                                       LINEAR=bool(linear_enabled), BD=flags["BD"], BV=BV,
-                                       BNF=pow2_block(NF, lo=1), num_warps=1)
-    elif variant == "chunked":
-        _hybrid_step_kernel_chunked[(B * H,)](*args, **flags, BV=pow2_block(V), CD=min(32, pow2_block(D)), CF=min(32, pow2_block(F)),
-                                              num_warps=8 if W * V >= 4096 else 4)
+        BNF = pow2_block(NF, lo=1)
+        part = torch.empty(B * H, NF + 1, V + 1, device=q.device, dtype=torch.float32)
+        sliced_in = [t for name, t in step_in.items() if name != "mix"]  # the mixing factor is the combine's
+        _hybrid_step_kernel_sliced[(B * H, NF + 1)](*sliced_in, *rings, part, *sizes, NF,
+                                                     HAS_G=g is not None, HAS_META=has_meta, HAS_VALID=valid is not None,
+                                                     BD=flags["BD"], BV=min(pow2_block(V), SLICED_MAX_V), BFS=BFS,
+                                                     BW=flags["BW"], BM=flags["BM"], num_warps=SLICED_WARPS)
+        _hybrid_step_combine_sliced[(B * H,)](step_in["k"], step_in["v"], step_in["valid"], step_in["mix"],
+                                              state["k"], state["v"], state["valid"], pos, part, o,
+                                              H, W, D, V, NF, HAS_VALID=valid is not None,
+                                              LINEAR=bool(linear_enabled), BD=flags["BD"],
+                                              BV=min(64, pow2_block(V)), BNF=BNF, num_warps=1)
     else:
         _hybrid_step_kernel_tile[(B * H,)](*args, **flags, BV=64 if V > 32 else pow2_block(V),
                                            num_warps=8 if W * D >= 4096 else 4)

@@ -268,13 +268,17 @@ def test_gsa_chunked_forward_backward():
 
 # ------------------------------------------------------------------------------- decode steps
 
-@pytest.mark.parametrize("variant", ["tile", "chunked", "split"])
+@pytest.mark.parametrize("variant", ["tile", "sliced", "sliced-wide"])
 @pytest.mark.parametrize("gated,meta,valid,linear", [
     (False, False, False, True), (True, True, True, True), (True, False, False, False)])
 def test_hybrid_step_kernel(gated, meta, valid, linear, variant, monkeypatch):
-    """Every variant of the decode step against hybrid_step over T > W steps (evictions); "split"
-    with slices of 8 of the 24 feature rows, so three programs per head and the combine kernel."""
-    monkeypatch.setattr(decode, "SPLIT_F", 8)
+    """Every variant of the decode step against hybrid_step over T > W steps (evictions); "sliced"
+    with slices of 8 of the 24 feature rows, so three programs per head plus the window's, and the
+    combine kernel; "sliced-wide" also walks the 16 value columns in blocks of 8."""
+    monkeypatch.setattr(decode, "SLICED_F", 8)
+    if variant == "sliced-wide":
+        monkeypatch.setattr(decode, "SLICED_MAX_V", 8)
+    variant = variant.split("-")[0]
     gen = torch.Generator().manual_seed(3 + gated + 2 * meta)
     B, H, rep, T, D, F, W = 3, 4, 2, 13, 16, 24, 5
     a = hybrid_inputs(B, H, rep, T, D, F, W, gated, meta, gen, valid=valid)
