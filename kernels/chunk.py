@@ -158,7 +158,7 @@ def _bwd_dh_kernel(q_ptr, do_ptr, gk_ptr, gv_ptr, dhT_ptr, dh_ptr, dh0_ptr,
 def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
                      dq_ptr, dk_ptr, dv_ptr,
                      T, K, V, NT,
-                     HAS_GK: tl.constexpr, HAS_GV: tl.constexpr,
+                     HAS_GK: tl.constexpr, HAS_GV: tl.constexpr, NEED_DV: tl.constexpr,
                      BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -208,13 +208,14 @@ def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
         dq += tl.dot(dc, tl.trans(h))
         dA += tl.dot(dc, tl.trans(v_in))
         dk += tl.dot(v_out, tl.trans(dh))
-        dv_in = tl.dot(tl.trans(A), dc)
-        dv_out = tl.dot(k_out, dh)
-        if HAS_GV:
-            dv = dv_in * e_in + dv_out * e_out
-        else:
-            dv = dv_in + dv_out
-        tl.store(dv_ptr + (bh * T + t[:, None]) * V + ov[None, :], dv.to(dv_ptr.dtype.element_ty), mask=mv[None, :])
+        if NEED_DV:  # off when v needs no gradient (stage 1: frozen v_proj on detached inputs)
+            dv_in = tl.dot(tl.trans(A), dc)
+            dv_out = tl.dot(k_out, dh)
+            if HAS_GV:
+                dv = dv_in * e_in + dv_out * e_out
+            else:
+                dv = dv_in + dv_out
+            tl.store(dv_ptr + (bh * T + t[:, None]) * V + ov[None, :], dv.to(dv_ptr.dtype.element_ty), mask=mv[None, :])
     dA = tl.where(causal, dA, 0.).to(dt)
     dq += tl.dot(dA, k_in)
     dk_in = tl.dot(tl.trans(dA), q_in)
@@ -320,7 +321,7 @@ def gla_fwd(q, k, v, gkc, gvc, h0, dims, BT):
     return o, h, hT
 
 
-def gla_bwd(q, k, v, gkc, gvc, h, do, dhT, dims, BT):
+def gla_bwd(q, k, v, gkc, gvc, h, do, dhT, dims, BT, need_dv=True):
     B, H, T, K, V, NT, Tp = dims
     BH = B * H
     BK, BV = _blocks(K, V)
@@ -336,11 +337,14 @@ def gla_bwd(q, k, v, gkc, gvc, h, do, dhT, dims, BT):
         BT=BT, BK=BKS, BV=BV, num_warps=4)
     dq = torch.empty(BH, Tp, K, device=dev, dtype=torch.float32)
     dk = torch.empty(BH, Tp, K, device=dev, dtype=torch.float32)
-    dv = torch.empty(BH, Tp, V, device=dev, dtype=torch.float32)
+    # a value gate's gradient reads dv: computed whenever there is one
+    need_dv = need_dv or gvc is not None
+    dv = torch.empty(BH, Tp, V, device=dev, dtype=torch.float32) if need_dv else None
     _bwd_dqkv_kernel[(NT, BH)](
         q, k, v, gkc if gkc is not None else dummy, gvc if gvc is not None else dummy, h, dh, do,
-        dq, dk, dv, Tp, K, V, NT,
-        HAS_GK=gkc is not None, HAS_GV=gvc is not None, BT=BT, BK=BK, BV=32 if BK > 64 else min(BV, 64),
+        dq, dk, dv if need_dv else dq, Tp, K, V, NT,
+        HAS_GK=gkc is not None, HAS_GV=gvc is not None, NEED_DV=need_dv,
+        BT=BT, BK=BK, BV=32 if BK > 64 else min(BV, 64),
         num_warps=4 if BK <= 64 else 8, num_stages=1)
     return dq, dk, dv, dh0
 
@@ -373,8 +377,9 @@ class ChunkGLAFunction(torch.autograd.Function):
             dof = torch.nn.functional.pad(dof, (0, 0, 0, Tp - T))
         dof = dof.contiguous()
         dhT = None if dS is None else dS.reshape(B * H, K, V).float().contiguous()
-        dq, dk, dv, dh0 = gla_bwd(qf, kf, vf, gkc, gvc, h, dof, dhT, ctx.dims, ctx.BT)
-        dq, dk, dv = dq[:, :T], dk[:, :T], dv[:, :T]
+        dq, dk, dv, dh0 = gla_bwd(qf, kf, vf, gkc, gvc, h, dof, dhT, ctx.dims, ctx.BT, need_dv=ctx.needs_input_grad[2])
+        dq, dk = dq[:, :T], dk[:, :T]
+        dv = None if dv is None else dv[:, :T]
         dgk = dgv = None
         if has_gk:
             dgk = _gate_grad(qf[:, :T], dq, kf[:, :T], dk)
@@ -386,7 +391,8 @@ class ChunkGLAFunction(torch.autograd.Function):
             if dS is not None:
                 dgv = dgv + (dS.float() * S).sum(-2).reshape(B * H, 1, V)
             dgv = dgv.view(B, H, T, V).to(gvdt)
-        return (dq.view(B, H, T, K).to(qdt), dk.view(B, H, T, K).to(kdt), dv.view(B, H, T, V).to(vdt),
+        return (dq.view(B, H, T, K).to(qdt), dk.view(B, H, T, K).to(kdt),
+                None if dv is None or not ctx.needs_input_grad[2] else dv.view(B, H, T, V).to(vdt),
                 dgk, dgv, dh0.view(B, H, K, V).to(h0dt) if has_h0 else None, None)
 
 

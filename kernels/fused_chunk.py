@@ -203,7 +203,8 @@ def _bwd_dq_kernel(k_ptr, v_ptr, g_ptr, h0_ptr, do_ptr, dq_ptr,
 def _bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, g_ptr, do_ptr, dq_ptr, dhT_ptr, dk_ptr, dv_ptr, dg_ptr, dh0_ptr,
                     T, K, V, NT,
                     HAS_G: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, NORM: tl.constexpr,
-                    ATOMIC: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+                    ATOMIC: tl.constexpr, NEED_DV: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                    BV: tl.constexpr):
     ik = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     VS = V + NORM
@@ -242,14 +243,15 @@ def _bwd_dkv_kernel(q_ptr, k_ptr, v_ptr, g_ptr, do_ptr, dq_ptr, dhT_ptr, dk_ptr,
         if NORM:
             dk_out += Dz[None, :]
         dk = dk_in * tl.exp(-G) + dk_out * tl.exp(Gl[None, :] - G)
-        dv = tl.dot(tl.trans(A), dc) + tl.dot(k_out, Dd)
         rmask = t[:, None] < T
         tl.store(dkb + t[:, None] * K + ok_[None, :], dk.to(dk_ptr.dtype.element_ty), mask=rmask & mk[None, :])
-        dvptrs = dvb + t[:, None] * V + ov[None, :]
-        if ATOMIC:
-            tl.atomic_add(dvptrs, dv, mask=rmask & mv[None, :])
-        else:
-            tl.store(dvptrs, dv.to(dv_ptr.dtype.element_ty), mask=rmask & mv[None, :])
+        if NEED_DV:  # off when v needs no gradient (stage 1: frozen v_proj on detached inputs)
+            dv = tl.dot(tl.trans(A), dc) + tl.dot(k_out, Dd)
+            dvptrs = dvb + t[:, None] * V + ov[None, :]
+            if ATOMIC:
+                tl.atomic_add(dvptrs, dv, mask=rmask & mv[None, :])
+            else:
+                tl.store(dvptrs, dv.to(dv_ptr.dtype.element_ty), mask=rmask & mv[None, :])
         if HAS_G:
             dqc = _load(dqb, t, ok_, T, K, K).to(tl.float32)
             x = qc.to(tl.float32) * dqc - kc.to(tl.float32) * dk
@@ -327,19 +329,20 @@ class FusedChunkGLA(torch.autograd.Function):
             HAS_G=g is not None, HAS_H0=h0c is not None, NORM=int(norm), BT=BT, BK=BK, BV=BV, num_warps=warps)
         dk = torch.empty_like(dq)
         dg = torch.empty_like(dq) if g is not None else dq
-        dv = torch.zeros_like(v, dtype=torch.float32) if atomic else torch.empty_like(v)
+        need_dv = ctx.needs_input_grad[2]
+        dv = (torch.zeros_like(v, dtype=torch.float32) if atomic else torch.empty_like(v)) if need_dv else dq
         dh0 = torch.empty_like(hT) if h0c is not None else hT
         dhT = None if dS is None else dS.float().contiguous()
         _bwd_dkv_kernel[(NK, B * H)](
             q, k, v, q if g is None else g, do, dq, hT if dhT is None else dhT, dk, dv, dg, dh0, T, K, V, NT,
             HAS_G=g is not None, HAS_DHT=dhT is not None, STORE_DH0=h0c is not None, NORM=int(norm),
-            ATOMIC=atomic, BT=BT, BK=BK, BV=BV, num_warps=warps)
+            ATOMIC=atomic, NEED_DV=need_dv, BT=BT, BK=BK, BV=BV, num_warps=warps)
         dgk = None
         if g is not None:
             if dS is not None:  # the final state's term reaches every step's gate (it sits at t = T-1)
                 dg = dg + (dS.float() * hT).sum(-1).unsqueeze(2)
             dgk = dg.to(gdt)
-        return (dq.to(qdt), dk.to(kdt), dv.to(vdt), dgk,
+        return (dq.to(qdt), dk.to(kdt), dv.to(vdt) if need_dv else None, dgk,
                 dh0.to(h0dt) if h0c is not None else None, None, None)
 
 

@@ -84,6 +84,29 @@ def test_chunk_gla_forward_backward(T, K, V, which, h0, kernels):
         close(a, b, tol=5e-4, what=name)
 
 
+@pytest.mark.parametrize("which", ["gk", "none", "both"])
+def test_chunk_gla_stored_without_value_grad(which):
+    """Values that need no gradient (stage 1: frozen v_proj on detached inputs): the stored-state
+    backward skips dv (unless a value gate needs it) and returns the other gradients unchanged."""
+    gen = torch.Generator().manual_seed(11)
+    B, H, T, K, V = 2, 3, 45, 24, 33
+    q, k = torch.randn(B, H, T, K, generator=gen), torch.randn(B, H, T, K, generator=gen)
+    v = torch.randn(B, H, T, V, generator=gen)
+    gk = gate((B, H, T, K), gen) if which != "none" else None
+    gv = gate((B, H, T, V), gen) if which == "both" else None
+    leaves = [x for x in (q, k, gk, gv) if x is not None]
+    for x in leaves:
+        x.requires_grad_(True)
+    do = torch.randn(B, H, T, V, generator=gen)
+    o_ref, _ = gla.gla_parallel(q, k, v, gk, gv, None)
+    g_ref = torch.autograd.grad((o_ref * do).sum(), leaves)
+    o, _ = chunk.gla_chunked_stored(q, k, v, gk, gv, None, 16)
+    g = torch.autograd.grad((o * do).sum(), leaves)
+    close(o, o_ref, what="o")
+    for a, b in zip(g, g_ref):
+        close(a, b, tol=5e-4, what="grad")
+
+
 @pytest.mark.parametrize("which", ["gk", "both"])
 def test_chunk_gla_key_groups(which, monkeypatch):
     """Keys wider than chunk.MAX_KEY_GROUP (128; 16 here, so 40 keys make groups of 16, 16 and 8) run
@@ -110,17 +133,20 @@ def test_chunk_gla_key_groups(which, monkeypatch):
         close(a, b, tol=5e-4, what="grad")
 
 
-@pytest.mark.parametrize("T,K,V,gated,h0", [(37, 16, 24, True, True), (40, 80, 16, True, False), (41, 16, 16, False, True)])
-def test_fused_chunk_normalizer_column(T, K, V, gated, h0):
+@pytest.mark.parametrize("T,K,V,gated,h0,v_grad", [(37, 16, 24, True, True, True), (40, 80, 16, True, False, True),
+                                                    (41, 16, 16, False, True, True), (40, 80, 16, True, True, False),
+                                                    (37, 16, 24, True, False, False)])
+def test_fused_chunk_normalizer_column(T, K, V, gated, h0, v_grad):
     """normalizer=True equals GLA over v with a ones column appended (the hybrids' normaliser), the
-    state's extra column and its gradients included."""
+    state's extra column and its gradients included; with v_grad False (stage 1's frozen values) the
+    backward skips dv and the other gradients are unchanged."""
     gen = torch.Generator().manual_seed(T + K)
     B, H = 2, 3
     q, k = torch.randn(B, H, T, K, generator=gen), torch.randn(B, H, T, K, generator=gen)
     v = torch.randn(B, H, T, V, generator=gen)
     g = gate((B, H, T, K), gen) if gated else None
     s0 = torch.randn(B, H, K, V + 1, generator=gen) if h0 else None
-    leaves = [x for x in (q, k, v, g, s0) if x is not None]
+    leaves = [x for x in (q, k, v, g, s0) if x is not None and (v_grad or x is not v)]
     for x in leaves:
         x.requires_grad_(True)
     do, dS = torch.randn(B, H, T, V + 1, generator=gen), torch.randn(B, H, K, V + 1, generator=gen)
