@@ -243,24 +243,27 @@ def _hybrid_step_kernel_sliced(
     HAS_G: tl.constexpr, HAS_META: tl.constexpr, HAS_VALID: tl.constexpr,
     BD: tl.constexpr, BV: tl.constexpr, BFS: tl.constexpr, BW: tl.constexpr, BM: tl.constexpr,
 ):
-    """Program (head, i). i < NF: the linear state's rows i*BFS .. i*BFS+BFS-1, as [BFS, BV] tiles
-    (one tile when V <= BV, the usual case: every read of the program is then issued before any
-    arithmetic and is in flight at once); decay, add the evicted key, store; partial numerator
-    fq . S and normaliser fq . S[:, V] into part[bh, i]. i == NF: the window half (key / value ring
-    + meta tokens) into part[bh, NF]. _hybrid_step_combine_sliced then finishes each head."""
-    bh = tl.program_id(0).to(tl.int64)
-    i = tl.program_id(1)
+    """Program (j, head). j == 0: the window half (key / value ring + meta tokens) into part[bh, NF].
+    j = i + 1 > 0: the linear state's rows i*BFS .. i*BFS+BFS-1, as [BFS, BV] tiles (one tile when
+    V <= BV, the usual case: every read of the program is then issued before any arithmetic and is in
+    flight at once); decay, add the evicted key, store; partial numerator fq . S and normaliser
+    fq . S[:, V] into part[bh, i]. _hybrid_step_combine_sliced then finishes each head.
+    The window programs come first in the grid because they are the longest (two dependent rounds
+    of reads: the key ring, then the value ring); launched last they were the kernel's tail."""
+    j = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
     b = bh // H
     h = bh % H
     n = tl.load(pos_ptr + b)
     slot = n % W
     evict = n >= W
     SV1 = V + 1
+    i = tl.where(j == 0, NF, j - 1)
     pbase = part_ptr + (bh * (NF + 1) + i) * SV1
     ow = tl.arange(0, BW)
     mw = ow < W
     is_slot = ow == slot
-    if i < NF:
+    if j > 0:
         of = i * BFS + tl.arange(0, BFS)
         mf = of < F
         Sbase = S_ptr + bh * F * SV1
@@ -380,7 +383,7 @@ def hybrid_step_triton(state, q, k, v, fq, fk, g, mix, scale, valid=None, meta_k
         BNF = pow2_block(NF, lo=1)
         part = torch.empty(B * H, NF + 1, V + 1, device=q.device, dtype=torch.float32)
         sliced_in = [t for name, t in step_in.items() if name != "mix"]  # the mixing factor is the combine's
-        _hybrid_step_kernel_sliced[(B * H, NF + 1)](*sliced_in, *rings, part, *sizes, NF,
+        _hybrid_step_kernel_sliced[(NF + 1, B * H)](*sliced_in, *rings, part, *sizes, NF,
                                                      HAS_G=g is not None, HAS_META=has_meta, HAS_VALID=valid is not None,
                                                      BD=flags["BD"], BV=min(pow2_block(V), SLICED_MAX_V), BFS=BFS,
                                                      BW=flags["BW"], BM=flags["BM"], num_warps=SLICED_WARPS)
