@@ -6,8 +6,9 @@
 
 Floors (H100): memory 3.0 TB/s (measured device copy), bf16 matmul 740 TFLOP/s; "floor %" is the
 time the bytes / flops would take at those rates over the measured time. Kernel times are
-triton.testing.do_bench medians (L2 flushed between runs). Decode: Llama-3-8B head shapes (32 query
-heads, head dim 128; 8 kv heads for the SDPA KV-cache peer).
+triton.testing.do_bench medians (L2 flushed between runs); decode rows (ours and the peers) replay
+each call from a CUDA graph, as fast_generate runs the step (_bench_graph). Decode: Llama-3-8B head
+shapes (32 query heads, head dim 128; 8 kv heads for the SDPA KV-cache peer).
 """
 from __future__ import annotations
 
