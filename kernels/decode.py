@@ -1,11 +1,11 @@
 """Triton decode kernels: one step of one layer for the hybrids (Hedgehog / Lizard) and GSA.
 
 The hybrid step ("sliced", the default) runs two launches. The first has NF + 1 programs per
-(batch, head): program i < NF owns rows i*SLICED_F .. of the head's fp32 state [F, V + 1] (value
-columns plus the normaliser column), loads them as one tile together with everything else it reads,
-so that all its reads are in flight at once, decays them, adds the evicted key, stores them and
-writes its partial numerator and normaliser; program NF computes the window half (key / value ring +
-meta tokens). The second launch, one program per head, combines the partials under the shared
+(batch, head): program j = 0 computes the window half (key / value ring + meta tokens); program
+j = i + 1 owns rows i*SLICED_F .. of the head's fp32 state [F, V + 1] (value columns plus the
+normaliser column), loads them as one tile together with everything else it reads, so that all its
+reads are in flight at once, decays them, adds the evicted key, stores them and writes its partial
+numerator and normaliser. The second launch, one program per head, combines the partials under the shared
 normaliser, writes the output and puts this step's key and value into the ring, after every program
 of the first launch has read the old slot. Each row slice writes its own rows of the feature-key and
 gate rings (no other program reads them). The "tile" variant is one program per head walking the
