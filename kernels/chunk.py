@@ -342,7 +342,7 @@ def gla_bwd(q, k, v, gkc, gvc, h, do, dhT, dims, BT, need_dv=True):
     dv = torch.empty(BH, Tp, V, device=dev, dtype=torch.float32) if need_dv else None
     _bwd_dqkv_kernel[(NT, BH)](
         q, k, v, gkc if gkc is not None else dummy, gvc if gvc is not None else dummy, h, dh, do,
-        dq, dk, dv if need_dv else dq, Tp, K, V, NT,
+        dq, dk, dv if need_dv else dummy, Tp, K, V, NT,
         HAS_GK=gkc is not None, HAS_GV=gvc is not None, NEED_DV=need_dv,
         BT=BT, BK=BK, BV=32 if BK > 64 else min(BV, 64),
         num_warps=4 if BK <= 64 else 8, num_stages=1)
@@ -392,7 +392,7 @@ class ChunkGLAFunction(torch.autograd.Function):
                 dgv = dgv + (dS.float() * S).sum(-2).reshape(B * H, 1, V)
             dgv = dgv.view(B, H, T, V).to(gvdt)
         return (dq.view(B, H, T, K).to(qdt), dk.view(B, H, T, K).to(kdt),
-                None if dv is None or not ctx.needs_input_grad[2] else dv.view(B, H, T, V).to(vdt),
+                dv.view(B, H, T, V).to(vdt) if ctx.needs_input_grad[2] else None,
                 dgk, dgv, dh0.view(B, H, K, V).to(h0dt) if has_h0 else None, None)
 
 

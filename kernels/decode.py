@@ -203,39 +203,6 @@ def advance(state, inc_pos: bool = True):
 
 
 @triton.jit
-def _combine_head(bh, b, h, slot, n, k_ptr, v_ptr, valid_ptr, mix_ptr, kr_ptr, vr_ptr, validr_ptr, pbase, o_ptr,
-                  W, D, V, NF, HAS_VALID: tl.constexpr, LINEAR: tl.constexpr,
-                  BD: tl.constexpr, BV: tl.constexpr, BNF: tl.constexpr):
-    """One head's output from its partial sums ``pbase`` [NF + 1, V + 1] (rows 0 .. NF-1: the linear
-    state's slices, numerator then normaliser; row NF: the window half), then this step's key and
-    value into the ring (the caller guarantees every reader of the old slot has finished)."""
-    SV1 = V + 1
-    onf = tl.arange(0, BNF)
-    mnf = onf < NF
-    den_lin = tl.sum(tl.load(pbase + onf * SV1 + V, mask=mnf, other=0.), 0)
-    den_sm = tl.load(pbase + NF * SV1 + V)
-    gamma, inv = _mixed_inverse(mix_ptr, h, den_sm, den_lin, LINEAR)
-    for v0 in range(0, V, BV):
-        ov = v0 + tl.arange(0, BV)
-        mv = ov < V
-        num = tl.load(pbase + NF * SV1 + ov, mask=mv, other=0.)
-        if LINEAR:
-            lin = tl.sum(tl.load(pbase + onf[:, None] * SV1 + ov[None, :], mask=mnf[:, None] & mv[None, :], other=0.), 0)
-            num = gamma * num + (1 - gamma) * lin
-        tl.store(o_ptr + bh * V + ov, (num * inv).to(o_ptr.dtype.element_ty), mask=mv)
-        tl.store(vr_ptr + (bh * W + slot) * V + ov, tl.load(v_ptr + bh * V + ov, mask=mv, other=0.), mask=mv)
-    od = tl.arange(0, BD)
-    md = od < D
-    tl.store(kr_ptr + (bh * W + slot) * D + od, tl.load(k_ptr + bh * D + od, mask=md, other=0.), mask=md)
-    if h == 0:
-        if HAS_VALID:
-            cur_valid = tl.load(valid_ptr + b).to(tl.int1)
-        else:
-            cur_valid = n >= 0
-        tl.store(validr_ptr + b * W + slot, cur_valid.to(validr_ptr.dtype.element_ty))
-
-
-@triton.jit
 def _hybrid_step_kernel_sliced(
     q_ptr, k_ptr, v_ptr, fq_ptr, fk_ptr, g_ptr, valid_ptr, mk_ptr, mv_ptr,
     kr_ptr, vr_ptr, fkr_ptr, validr_ptr, S_ptr, gr_ptr, pos_ptr, part_ptr,
@@ -330,12 +297,40 @@ def _hybrid_step_combine_sliced(
     H, W, D, V, NF,
     HAS_VALID: tl.constexpr, LINEAR: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, BNF: tl.constexpr,
 ):
-    """Per head, after _hybrid_step_kernel_sliced: the combine and the ring slot."""
+    """Per head, after _hybrid_step_kernel_sliced: the output from the head's partial sums
+    part[bh] [NF + 1, V + 1] (rows 0 .. NF-1: the linear state's slices, numerator then normaliser;
+    row NF: the window half), then this step's key and value into the ring (every reader of the old
+    slot was in the first launch)."""
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
+    h = bh % H
     n = tl.load(pos_ptr + b)
-    _combine_head(bh, b, bh % H, n % W, n, k_ptr, v_ptr, valid_ptr, mix_ptr, kr_ptr, vr_ptr, validr_ptr,
-                  part_ptr + bh * (NF + 1) * (V + 1), o_ptr, W, D, V, NF, HAS_VALID, LINEAR, BD, BV, BNF)
+    slot = n % W
+    SV1 = V + 1
+    pbase = part_ptr + bh * (NF + 1) * SV1
+    onf = tl.arange(0, BNF)
+    mnf = onf < NF
+    den_lin = tl.sum(tl.load(pbase + onf * SV1 + V, mask=mnf, other=0.), 0)
+    den_sm = tl.load(pbase + NF * SV1 + V)
+    gamma, inv = _mixed_inverse(mix_ptr, h, den_sm, den_lin, LINEAR)
+    for v0 in range(0, V, BV):
+        ov = v0 + tl.arange(0, BV)
+        mv = ov < V
+        num = tl.load(pbase + NF * SV1 + ov, mask=mv, other=0.)
+        if LINEAR:
+            lin = tl.sum(tl.load(pbase + onf[:, None] * SV1 + ov[None, :], mask=mnf[:, None] & mv[None, :], other=0.), 0)
+            num = gamma * num + (1 - gamma) * lin
+        tl.store(o_ptr + bh * V + ov, (num * inv).to(o_ptr.dtype.element_ty), mask=mv)
+        tl.store(vr_ptr + (bh * W + slot) * V + ov, tl.load(v_ptr + bh * V + ov, mask=mv, other=0.), mask=mv)
+    od = tl.arange(0, BD)
+    md = od < D
+    tl.store(kr_ptr + (bh * W + slot) * D + od, tl.load(k_ptr + bh * D + od, mask=md, other=0.), mask=md)
+    if h == 0:
+        if HAS_VALID:
+            cur_valid = tl.load(valid_ptr + b).to(tl.int1)
+        else:
+            cur_valid = n >= 0
+        tl.store(validr_ptr + b * W + slot, cur_valid.to(validr_ptr.dtype.element_ty))
 
 
 # Variants of the hybrid step: "sliced" (the default) spreads each head's state rows over programs,
