@@ -11,8 +11,12 @@ gla_chunked_triton uses where it applies):
   bwd_dh  per (value block, head): walks the chunks backwards, stores dL/d(state at chunk end)
   bwd_dqkv per (chunk, head): dq, dk, dv from the stored states and their gradients
 
-The gate gradients come from the identity dL/dG_t = q_t dq_t - k_t dk_t (key gate) and
-o_t do_t - v_t dv_t (value gate) plus the final state's term, reverse-cumsummed over time.
+The gates come in raw (log-decays, any float dtype) and every kernel sums its chunk's rows in
+registers, so no cumsum is ever stored. Their gradients come from the identity dL/dG_t = q_t dq_t -
+k_t dk_t (key gate) or o_t do_t - v_t dv_t (value gate), reverse-summed over time: bwd_dqkv sums it
+over its chunk and adds what the later chunks contribute, which is <state at the chunk's end, dh>
+(see the kernel). Every gradient is written once, in its input's dtype; T need not be a multiple of
+the chunk (rows past T load as zeros: no write, no decay).
 """
 from __future__ import annotations
 
@@ -22,9 +26,17 @@ import torch
 import triton
 import triton.language as tl
 
-from linearize.attention.fusion import fused
-
 from . import fused_chunk
+
+
+@triton.jit
+def _gate_cumsum(g_ptr, bh, T, n, C, cols, mc, BT: tl.constexpr):
+    """Chunk n's gate rows [BT, BC] read raw (log-decays; rows past T read as 0: no decay) and summed
+    in registers: (G = inclusive cumsum over the chunk's rows, Gl = the chunk's total [BC]), fp32."""
+    t = n * BT + tl.arange(0, BT)
+    g = tl.load(g_ptr + (bh * T + t[:, None]) * C + cols[None, :], mask=(t < T)[:, None] & mc[None, :],
+                other=0.).to(tl.float32)
+    return tl.cumsum(g, 0), tl.sum(g, 0)
 
 
 @triton.jit
@@ -56,23 +68,22 @@ def _fwd_h_kernel(k_ptr, v_ptr, gk_ptr, gv_ptr, h0_ptr, h_ptr, hT_ptr,
         if TAIL1:
             tl.store(h_ptr + (bh * NT + n) * K * V + ok_ * V + V - 1, hc.to(h_ptr.dtype.element_ty), mask=mt)
         t = n * BT + ot
-        kc = tl.load(k_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
-        vc = tl.load(v_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
+        ti = (t < T)[:, None]
+        kc = tl.load(k_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=ti & mk[None, :], other=0.)
+        vc = tl.load(v_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=ti & mv[None, :], other=0.)
         if HAS_GK:
-            gk = tl.load(gk_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
-            gkl = tl.load(gk_ptr + (bh * T + n * BT + BT - 1) * K + ok_, mask=mk, other=0.)
-            kc = (kc * tl.exp(gkl[None, :] - gk)).to(kc.dtype)
+            G, gkl = _gate_cumsum(gk_ptr, bh, T, n, K, ok_, mk, BT)
+            kc = (kc * tl.exp(gkl[None, :] - G)).to(kc.dtype)
             h = h * tl.exp(gkl)[:, None]
             hc = hc * tl.exp(gkl)
         if HAS_GV:
-            gv = tl.load(gv_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
-            gvl = tl.load(gv_ptr + (bh * T + n * BT + BT - 1) * V + ov, mask=mv, other=0.)
-            vc = (vc * tl.exp(gvl[None, :] - gv)).to(vc.dtype)
+            Gv, gvl = _gate_cumsum(gv_ptr, bh, T, n, V, ov, mv, BT)
+            vc = (vc * tl.exp(gvl[None, :] - Gv)).to(vc.dtype)
             h = h * tl.exp(gvl)[None, :]
         h += tl.dot(tl.trans(kc), vc)
         if TAIL1:  # (the other value blocks compute it too, and store nothing)
-            vt = tl.load(v_ptr + (bh * T + t) * V + V - 1).to(vc.dtype).to(tl.float32)  # rounded as the dot's operand
-            hc += tl.sum(kc.to(tl.float32) * vt[:, None], 0)
+            vt = tl.load(v_ptr + (bh * T + t) * V + V - 1, mask=t < T, other=0.).to(vc.dtype).to(tl.float32)
+            hc += tl.sum(kc.to(tl.float32) * vt[:, None], 0)  # vt rounded as the dot's operand
     tl.store(hT_ptr + bh * K * V + ok_[:, None] * V + ov[None, :], h, mask=mkv)
     if TAIL1:
         tl.store(hT_ptr + bh * K * V + ok_ * V + V - 1, hc, mask=mt)
@@ -92,29 +103,30 @@ def _fwd_o_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, o_ptr,
     mk = ok_ < K
     mv = ov < V
     t = n * BT + ot
-    qc = tl.load(q_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
-    kc = tl.load(k_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
-    vc = tl.load(v_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
+    ti = (t < T)[:, None]
+    qc = tl.load(q_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=ti & mk[None, :], other=0.)
+    kc = tl.load(k_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=ti & mk[None, :], other=0.)
+    vc = tl.load(v_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=ti & mv[None, :], other=0.)
     if HAS_GK:
-        gk = tl.load(gk_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
-        qc = (qc * tl.exp(gk)).to(qc.dtype)
-        kc = (kc * tl.exp(-gk)).to(kc.dtype)
+        G, _ = _gate_cumsum(gk_ptr, bh, T, n, K, ok_, mk, BT)
+        qc = (qc * tl.exp(G)).to(qc.dtype)
+        kc = (kc * tl.exp(-G)).to(kc.dtype)
     if HAS_GV:
-        gv = tl.load(gv_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
-        vc = (vc * tl.exp(-gv)).to(vc.dtype)
+        Gv, _ = _gate_cumsum(gv_ptr, bh, T, n, V, ov, mv, BT)
+        vc = (vc * tl.exp(-Gv)).to(vc.dtype)
     h = tl.load(h_ptr + (bh * NT + n) * K * V + ok_[:, None] * V + ov[None, :], mask=mk[:, None] & mv[None, :], other=0.)
     A = tl.dot(qc, tl.trans(kc))
     A = tl.where(ot[:, None] >= ot[None, :], A, 0.).to(vc.dtype)
     o = tl.dot(qc, h.to(qc.dtype)) + tl.dot(A, vc)
     if HAS_GV:
-        o = o * tl.exp(gv)
-    tl.store(o_ptr + (bh * T + t[:, None]) * V + ov[None, :], o.to(o_ptr.dtype.element_ty), mask=mv[None, :])
+        o = o * tl.exp(Gv)
+    tl.store(o_ptr + (bh * T + t[:, None]) * V + ov[None, :], o.to(o_ptr.dtype.element_ty), mask=ti & mv[None, :])
     if TAIL1:  # column V - 1 (see _fwd_h_kernel), from the operands already in registers
         if iv == 0:
             hc = tl.load(h_ptr + (bh * NT + n) * K * V + ok_ * V + V - 1, mask=mk, other=0.).to(qc.dtype).to(tl.float32)
-            vt = tl.load(v_ptr + (bh * T + t) * V + V - 1).to(vc.dtype).to(tl.float32)
+            vt = tl.load(v_ptr + (bh * T + t) * V + V - 1, mask=t < T, other=0.).to(vc.dtype).to(tl.float32)
             oc = tl.sum(qc.to(tl.float32) * hc[None, :], 1) + tl.sum(A.to(tl.float32) * vt[None, :], 1)
-            tl.store(o_ptr + (bh * T + t) * V + V - 1, oc.to(o_ptr.dtype.element_ty))
+            tl.store(o_ptr + (bh * T + t) * V + V - 1, oc.to(o_ptr.dtype.element_ty), mask=t < T)
 
 
 @triton.jit
@@ -138,44 +150,49 @@ def _bwd_dh_kernel(q_ptr, do_ptr, gk_ptr, gv_ptr, dhT_ptr, dh_ptr, dh0_ptr,
         n = NT - 1 - i
         tl.store(dh_ptr + (bh * NT + n) * K * V + ok_[:, None] * V + ov[None, :], dh.to(dh_ptr.dtype.element_ty), mask=mkv)
         t = n * BT + ot
-        qc = tl.load(q_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
-        dc = tl.load(do_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
+        ti = (t < T)[:, None]
+        qc = tl.load(q_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=ti & mk[None, :], other=0.)
+        dc = tl.load(do_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=ti & mv[None, :], other=0.)
         if HAS_GK:
-            gk = tl.load(gk_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
-            gkl = tl.load(gk_ptr + (bh * T + n * BT + BT - 1) * K + ok_, mask=mk, other=0.)
-            qc = (qc * tl.exp(gk)).to(qc.dtype)
+            G, gkl = _gate_cumsum(gk_ptr, bh, T, n, K, ok_, mk, BT)
+            qc = (qc * tl.exp(G)).to(qc.dtype)
             dh = dh * tl.exp(gkl)[:, None]
         if HAS_GV:
-            gv = tl.load(gv_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
-            gvl = tl.load(gv_ptr + (bh * T + n * BT + BT - 1) * V + ov, mask=mv, other=0.)
-            dc = (dc * tl.exp(gv)).to(dc.dtype)
+            Gv, gvl = _gate_cumsum(gv_ptr, bh, T, n, V, ov, mv, BT)
+            dc = (dc * tl.exp(Gv)).to(dc.dtype)
             dh = dh * tl.exp(gvl)[None, :]
         dh += tl.dot(tl.trans(qc), dc.to(qc.dtype))
     tl.store(dh0_ptr + bh * K * V + ok_[:, None] * V + ov[None, :], dh, mask=mkv)
 
 
 @triton.jit
-def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
-                     dq_ptr, dk_ptr, dv_ptr,
+def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr, o_ptr,
+                     dq_ptr, dk_ptr, dv_ptr, dgk_ptr, dgv_ptr,
                      T, K, V, NT,
                      HAS_GK: tl.constexpr, HAS_GV: tl.constexpr, NEED_DV: tl.constexpr,
                      BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    # The gates' gradients, in registers: dL/dg_t = sum_{s >= t in the chunk} dG_s + R, with
+    # dG = q dq - k dk (key gate) or o do - v dv (value gate), and R = dL/d(first gate of the next
+    # chunk) = <state at the chunk's end, dh> summed over the other axis (scaling that gate scales
+    # the state it multiplies); the state at the end is e^Gl h_n + k_out^T v_out, so
+    #   R_k = e^gkl sum_v h_n dh e^gvl + sum_t k_out (v_out dh^T),   R_v likewise with k and v swapped.
     n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     ok_ = tl.arange(0, BK)
     ot = tl.arange(0, BT)
     mk = ok_ < K
     t = n * BT + ot
-    qc = tl.load(q_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
-    kc = tl.load(k_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
+    ti = (t < T)[:, None]
+    qc = tl.load(q_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=ti & mk[None, :], other=0.)
+    kc = tl.load(k_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=ti & mk[None, :], other=0.)
     dt = qc.dtype
     if HAS_GK:
-        gk = tl.load(gk_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=mk[None, :], other=0.)
-        gkl = tl.load(gk_ptr + (bh * T + n * BT + BT - 1) * K + ok_, mask=mk, other=0.)
-        q_in = (qc * tl.exp(gk)).to(dt)
-        k_in = (kc * tl.exp(-gk)).to(dt)
-        k_out = (kc * tl.exp(gkl[None, :] - gk)).to(dt)
+        G, gkl = _gate_cumsum(gk_ptr, bh, T, n, K, ok_, mk, BT)
+        q_in = (qc * tl.exp(G)).to(dt)
+        k_in = (kc * tl.exp(-G)).to(dt)
+        k_out = (kc * tl.exp(gkl[None, :] - G)).to(dt)
     else:
+        gkl = tl.zeros([BK], dtype=tl.float32)
         q_in = qc
         k_in = kc
         k_out = kc
@@ -185,29 +202,37 @@ def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
     dq = tl.zeros([BT, BK], dtype=tl.float32)
     dk = tl.zeros([BT, BK], dtype=tl.float32)
     dA = tl.zeros([BT, BT], dtype=tl.float32)
+    rk = tl.zeros([BK], dtype=tl.float32)  # sum_v h_n dh e^gvl (R_k's first term, before e^gkl)
     for v0 in range(0, V, BV):
         ov = v0 + tl.arange(0, BV)
         mv = ov < V
         mkv = mk[:, None] & mv[None, :]
-        vc = tl.load(v_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
-        dc = tl.load(do_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
+        mtv = ti & mv[None, :]
+        vc = tl.load(v_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mtv, other=0.)
+        dr = tl.load(do_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mtv, other=0.)
         if HAS_GV:
-            gv = tl.load(gv_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mv[None, :], other=0.)
-            gvl = tl.load(gv_ptr + (bh * T + n * BT + BT - 1) * V + ov, mask=mv, other=0.)
-            e_in = tl.exp(-gv)
-            e_out = tl.exp(gvl[None, :] - gv)
+            Gv, gvl = _gate_cumsum(gv_ptr, bh, T, n, V, ov, mv, BT)
+            e_in = tl.exp(-Gv)
+            e_out = tl.exp(gvl[None, :] - Gv)
             v_in = (vc * e_in).to(dt)
             v_out = (vc * e_out).to(dt)
-            dc = (dc * tl.exp(gv)).to(dt)
+            dc = (dr * tl.exp(Gv)).to(dt)
         else:
             v_in = vc.to(dt)
             v_out = vc.to(dt)
-            dc = dc.to(dt)
+            dc = dr.to(dt)
         h = tl.load(h_ptr + (bh * NT + n) * K * V + ok_[:, None] * V + ov[None, :], mask=mkv, other=0.).to(dt)
         dh = tl.load(dh_ptr + (bh * NT + n) * K * V + ok_[:, None] * V + ov[None, :], mask=mkv, other=0.).to(dt)
         dq += tl.dot(dc, tl.trans(h))
         dA += tl.dot(dc, tl.trans(v_in))
         dk += tl.dot(v_out, tl.trans(dh))
+        if HAS_GK or HAS_GV:
+            hdh = h.to(tl.float32) * dh.to(tl.float32)
+        if HAS_GK:
+            if HAS_GV:
+                rk += tl.sum(hdh * tl.exp(gvl)[None, :], 1)
+            else:
+                rk += tl.sum(hdh, 1)
         if NEED_DV:  # off when v needs no gradient (stage 1: frozen v_proj on detached inputs)
             dv_in = tl.dot(tl.trans(A), dc)
             dv_out = tl.dot(k_out, dh)
@@ -215,22 +240,42 @@ def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
                 dv = dv_in * e_in + dv_out * e_out
             else:
                 dv = dv_in + dv_out
-            tl.store(dv_ptr + (bh * T + t[:, None]) * V + ov[None, :], dv.to(dv_ptr.dtype.element_ty), mask=mv[None, :])
+            tl.store(dv_ptr + (bh * T + t[:, None]) * V + ov[None, :], dv.to(dv_ptr.dtype.element_ty), mask=mtv)
+            if HAS_GV:
+                oc = tl.load(o_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mtv, other=0.).to(tl.float32)
+                dGv = oc * dr.to(tl.float32) - vc.to(tl.float32) * dv
+                rv = tl.exp(gvl) * tl.sum(hdh * tl.exp(gkl)[:, None], 0) + \
+                    tl.sum(v_out.to(tl.float32) * dv_out, 0)
+                dgv = tl.cumsum(dGv, 0, reverse=True) + rv[None, :]
+                tl.store(dgv_ptr + (bh * T + t[:, None]) * V + ov[None, :], dgv.to(dgv_ptr.dtype.element_ty), mask=mtv)
     dA = tl.where(causal, dA, 0.).to(dt)
     dq += tl.dot(dA, k_in)
     dk_in = tl.dot(tl.trans(dA), q_in)
     if HAS_GK:
-        dq = dq * tl.exp(gk)
-        dk = dk * tl.exp(gkl[None, :] - gk) + dk_in * tl.exp(-gk)
+        dq = dq * tl.exp(G)
+        dk_out = dk * tl.exp(gkl[None, :] - G)
+        dk = dk_out + dk_in * tl.exp(-G)
+        rk = tl.exp(gkl) * rk + tl.sum(kc.to(tl.float32) * dk_out, 0)
+        dG = qc.to(tl.float32) * dq - kc.to(tl.float32) * dk
+        dgk = tl.cumsum(dG, 0, reverse=True) + rk[None, :]
+        tl.store(dgk_ptr + (bh * T + t[:, None]) * K + ok_[None, :], dgk.to(dgk_ptr.dtype.element_ty), mask=ti & mk[None, :])
     else:
         dk = dk + dk_in
-    tl.store(dq_ptr + (bh * T + t[:, None]) * K + ok_[None, :], dq.to(dq_ptr.dtype.element_ty), mask=mk[None, :])
-    tl.store(dk_ptr + (bh * T + t[:, None]) * K + ok_[None, :], dk.to(dk_ptr.dtype.element_ty), mask=mk[None, :])
+    tl.store(dq_ptr + (bh * T + t[:, None]) * K + ok_[None, :], dq.to(dq_ptr.dtype.element_ty), mask=ti & mk[None, :])
+    tl.store(dk_ptr + (bh * T + t[:, None]) * K + ok_[None, :], dk.to(dk_ptr.dtype.element_ty), mask=ti & mk[None, :])
 
 
 # The state walks (fwd_h, bwd_dh) are sequential over chunks: split the state's rows over programs
 # too, so a [B*H] grid of short sequences still fills the GPU (the rows are independent).
 STATE_BK = int(os.environ.get("LINEARIZE_STATE_BK", "64"))
+WALK_WARPS = 4
+WALK_STAGES = None  # None: Triton's default software pipelining of the walks' loads
+O_BV = 64  # fwd_o's value block; values up to 128 wide may take one block
+# bwd_dqkv with keys wider than 64 (the [BT, 128] tiles of q, k and their gradients stay in
+# registers): value blocks of 32, 8 warps, no pipelining (the H100 measured these in session 1)
+DQKV_BV = 32
+DQKV_WARPS = 8
+DQKV_STAGES = 1
 # LINEARIZE_GLA_TAIL=0: the normaliser column in a value block of its own (the layout before session 11)
 TAIL_COLUMN = os.environ.get("LINEARIZE_GLA_TAIL", "1") != "0"
 
@@ -248,44 +293,6 @@ def pow2_block(x: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(int(x)))
 
 
-def _prep(q, k, v, gk, gv, BT):
-    """Flatten heads, pad T to whole chunks, chunk-local cumsum of the gates (fp32)."""
-    B, H, T, K = q.shape
-    V = v.shape[-1]
-    NT = -(-T // BT)
-    Tp = NT * BT
-    pad = Tp - T
-
-    def flat(x, c):
-        if x is None:
-            return None
-        x = x.reshape(B * H, T, c)
-        if pad:
-            x = torch.nn.functional.pad(x, (0, 0, 0, pad))
-        return x.contiguous()
-
-    def cum(g, c):
-        return None if g is None else _chunk_cumsum(g, BT, pad)
-
-    return flat(q, K), flat(k, K), flat(v, V), cum(gk, K), cum(gv, V), (B, H, T, K, V, NT, Tp)
-
-
-@fused
-def _chunk_cumsum(g, BT: int, pad: int):
-    """g: [B, H, T, C] -> chunk-local inclusive cumsum, float32, flattened and padded: [B*H, Tp, C]."""
-    B, H, T, C = g.shape
-    g = torch.nn.functional.pad(g.float().reshape(B * H, T, C), (0, 0, 0, pad))
-    return g.view(B * H, -1, BT, C).cumsum(2).view(B * H, T + pad, C).contiguous()
-
-
-@fused
-def _gate_grad(a, da, b, db):
-    """dL/dg of a gate from dL/dG_t = a_t da_t - b_t db_t ([N, T, C]), reverse-cumsummed over time:
-    (q, dq, k, dk) for the key gate, (o, do, v, dv) for the value gate."""
-    dG = a.float() * da.float() - b.float() * db.float()
-    return dG.flip(1).cumsum(1).flip(1)
-
-
 def _blocks(K, V):
     BK = pow2_block(K)
     BV = 64 if V > 32 else pow2_block(V)
@@ -294,106 +301,113 @@ def _blocks(K, V):
     return BK, BV
 
 
-def gla_fwd(q, k, v, gkc, gvc, h0, dims, BT):
-    B, H, T, K, V, NT, Tp = dims
-    BH = B * H
+def _flat(x):
+    """[B, H, T, C] -> [B*H, T, C], contiguous (a view when it already is)."""
+    return None if x is None else x.reshape(-1, *x.shape[-2:]).contiguous()
+
+
+def _value_blocks(V, BV, gv):
+    """(number of value blocks, TAIL1) for blocks of BV: the hybrids' values carry a normaliser
+    column (V = 65 for 64-wide heads), which rides along in the first value block rather than
+    costing a block of its own."""
+    tail1 = gv is None and V > BV and V % BV == 1 and TAIL_COLUMN
+    return (V // BV if tail1 else triton.cdiv(V, BV)), tail1
+
+
+def _walk_opts():
+    return dict(num_warps=WALK_WARPS) if WALK_STAGES is None else dict(num_warps=WALK_WARPS, num_stages=WALK_STAGES)
+
+
+def gla_fwd(q, k, v, gk, gv, h0, BT):
+    """q, k: [N, T, K]; v: [N, T, V]; gk / gv: raw log-decays like k / v, or None; h0: [N, K, V] fp32
+    or None. Returns (o [N, T, V] in q's dtype, the chunks' states [N, NT, K, V], final state fp32)."""
+    N, T, K = q.shape
+    V = v.shape[-1]
+    NT = triton.cdiv(T, BT)
     BK, BV = _blocks(K, V)
     dev = q.device
     # the chunks' states are stored in the inputs' dtype: fwd_o and bwd_dqkv cast them to it for their
     # dots anyway (the walks keep theirs in fp32), so bf16 storage halves the traffic and changes nothing
-    h = torch.empty(BH, NT, K, V, device=dev, dtype=q.dtype)
-    hT = torch.empty(BH, K, V, device=dev, dtype=torch.float32)
-    o = torch.empty(BH, Tp, V, device=dev, dtype=q.dtype)
+    h = torch.empty(N, NT, K, V, device=dev, dtype=q.dtype)
+    hT = torch.empty(N, K, V, device=dev, dtype=torch.float32)
+    o = torch.empty(N, T, V, device=dev, dtype=q.dtype)
     dummy = h
     BKS = min(BK, STATE_BK)
-    # the hybrids' values carry a normaliser column (V = 65 for 64-wide heads): that column rides
-    # along in the first value block rather than costing a second block
-    tail1 = gvc is None and V > BV and V % BV == 1 and TAIL_COLUMN
-    nv = V // BV if tail1 else triton.cdiv(V, BV)
-    _fwd_h_kernel[(nv, BH, triton.cdiv(K, BKS))](
-        k, v, gkc if gkc is not None else dummy, gvc if gvc is not None else dummy,
-        h0 if h0 is not None else dummy, h, hT, Tp, K, V, NT,
-        HAS_GK=gkc is not None, HAS_GV=gvc is not None, HAS_H0=h0 is not None,
-        BT=BT, BK=BKS, BV=BV, TAIL1=tail1, num_warps=4)
-    _fwd_o_kernel[(nv, NT, BH)](
-        q, k, v, gkc if gkc is not None else dummy, gvc if gvc is not None else dummy, h, o, Tp, K, V, NT,
-        HAS_GK=gkc is not None, HAS_GV=gvc is not None, BT=BT, BK=BK, BV=BV, TAIL1=tail1, num_warps=4)
+    nv, tail1 = _value_blocks(V, BV, gv)
+    _fwd_h_kernel[(nv, N, triton.cdiv(K, BKS))](
+        k, v, gk if gk is not None else dummy, gv if gv is not None else dummy,
+        h0 if h0 is not None else dummy, h, hT, T, K, V, NT,
+        HAS_GK=gk is not None, HAS_GV=gv is not None, HAS_H0=h0 is not None,
+        BT=BT, BK=BKS, BV=BV, TAIL1=tail1, **_walk_opts())
+    BVO = max(BV, min(O_BV, pow2_block(V))) if BK <= 128 else BV
+    nvo, tail1o = _value_blocks(V, BVO, gv)
+    _fwd_o_kernel[(nvo, NT, N)](
+        q, k, v, gk if gk is not None else dummy, gv if gv is not None else dummy, h, o, T, K, V, NT,
+        HAS_GK=gk is not None, HAS_GV=gv is not None, BT=BT, BK=BK, BV=BVO, TAIL1=tail1o,
+        num_warps=4 if BK * BVO <= 128 * 64 else 8)
     return o, h, hT
 
 
-def gla_bwd(q, k, v, gkc, gvc, h, do, dhT, dims, BT, need_dv=True):
-    B, H, T, K, V, NT, Tp = dims
-    BH = B * H
+def gla_bwd(q, k, v, gk, gv, h, o, do, dhT, BT, need_dv=True):
+    """Gradients of gla_fwd's inputs (same layouts, each in its input's dtype; dv None when not
+    needed) and of the initial state (fp32). ``o`` is read only for a value gate."""
+    N, T, K = q.shape
+    V = v.shape[-1]
+    NT = h.shape[1]
     BK, BV = _blocks(K, V)
     dev = q.device
-    dh = torch.empty(BH, NT, K, V, device=dev, dtype=q.dtype)  # stored like h (see gla_fwd)
-    dh0 = torch.empty(BH, K, V, device=dev, dtype=torch.float32)
+    dh = torch.empty_like(h)  # stored like h (see gla_fwd)
+    dh0 = torch.empty(N, K, V, device=dev, dtype=torch.float32)
     dummy = dh
     BKS = min(BK, STATE_BK)
-    _bwd_dh_kernel[(triton.cdiv(V, BV), BH, triton.cdiv(K, BKS))](
-        q, do, gkc if gkc is not None else dummy, gvc if gvc is not None else dummy,
-        dhT if dhT is not None else dummy, dh, dh0, Tp, K, V, NT,
-        HAS_GK=gkc is not None, HAS_GV=gvc is not None, HAS_DHT=dhT is not None,
-        BT=BT, BK=BKS, BV=BV, num_warps=4)
-    dq = torch.empty(BH, Tp, K, device=dev, dtype=torch.float32)
-    dk = torch.empty(BH, Tp, K, device=dev, dtype=torch.float32)
+    _bwd_dh_kernel[(triton.cdiv(V, BV), N, triton.cdiv(K, BKS))](
+        q, do, gk if gk is not None else dummy, gv if gv is not None else dummy,
+        dhT if dhT is not None else dummy, dh, dh0, T, K, V, NT,
+        HAS_GK=gk is not None, HAS_GV=gv is not None, HAS_DHT=dhT is not None,
+        BT=BT, BK=BKS, BV=BV, **_walk_opts())
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
     # a value gate's gradient reads dv: computed whenever there is one
-    need_dv = need_dv or gvc is not None
-    dv = torch.empty(BH, Tp, V, device=dev, dtype=torch.float32) if need_dv else None
-    _bwd_dqkv_kernel[(NT, BH)](
-        q, k, v, gkc if gkc is not None else dummy, gvc if gvc is not None else dummy, h, dh, do,
-        dq, dk, dv if need_dv else dummy, Tp, K, V, NT,
-        HAS_GK=gkc is not None, HAS_GV=gvc is not None, NEED_DV=need_dv,
-        BT=BT, BK=BK, BV=32 if BK > 64 else min(BV, 64),
-        num_warps=4 if BK <= 64 else 8, num_stages=1)
-    return dq, dk, dv, dh0
+    need_dv = need_dv or gv is not None
+    dv = torch.empty_like(v) if need_dv else None
+    dgk = torch.empty_like(gk) if gk is not None else None
+    dgv = torch.empty_like(gv) if gv is not None else None
+    _bwd_dqkv_kernel[(NT, N)](
+        q, k, v, gk if gk is not None else dummy, gv if gv is not None else dummy, h, dh, do,
+        o if gv is not None else dummy, dq, dk, dv if need_dv else dummy,
+        dgk if gk is not None else dummy, dgv if gv is not None else dummy, T, K, V, NT,
+        HAS_GK=gk is not None, HAS_GV=gv is not None, NEED_DV=need_dv,
+        BT=BT, BK=BK, BV=DQKV_BV if BK > 64 else min(BV, 64),
+        num_warps=4 if BK <= 64 else DQKV_WARPS, num_stages=DQKV_STAGES)
+    return dq, dk, dv, dgk, dgv, dh0
 
 
 class ChunkGLAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, gk, gv, h0, BT):
-        qf, kf, vf, gkc, gvc, dims = _prep(q, k, v, gk, gv, BT)
-        h0f = None if h0 is None else h0.reshape(-1, *h0.shape[-2:]).float().contiguous()
-        o, h, hT = gla_fwd(qf, kf, vf, gkc, gvc, h0f, dims, BT)
-        B, H, T, K, V, NT, Tp = dims
-        o = o.view(B, H, Tp, V)[:, :, :T]
-        S = hT.view(B, H, K, V)
-        ctx.save_for_backward(qf, kf, vf, gkc, gvc, h, o, S)
-        ctx.dims, ctx.BT = dims, BT
-        ctx.flags = (gk is not None, gv is not None, h0 is not None, q.dtype, k.dtype, v.dtype,
-                     None if gk is None else gk.dtype, None if gv is None else gv.dtype,
-                     None if h0 is None else h0.dtype)
-        return o, S
+        B, H, T, K = q.shape
+        V = v.shape[-1]
+        qf, kf, vf, gkf, gvf = (_flat(x) for x in (q, k, v, gk, gv))
+        h0f = None if h0 is None else h0.reshape(-1, K, V).float().contiguous()
+        o, h, hT = gla_fwd(qf, kf, vf, gkf, gvf, h0f, BT)
+        ctx.save_for_backward(qf, kf, vf, gkf, gvf, h, o if gv is not None else None)
+        ctx.BT, ctx.BH = BT, (B, H)
+        ctx.h0dt = None if h0 is None else h0.dtype
+        return o.view(B, H, T, V), hT.view(B, H, K, V)
 
     @staticmethod
     def backward(ctx, do, dS):
-        qf, kf, vf, gkc, gvc, h, o, S = ctx.saved_tensors
-        B, H, T, K, V, NT, Tp = ctx.dims
-        has_gk, has_gv, has_h0, qdt, kdt, vdt, gkdt, gvdt, h0dt = ctx.flags
-        if do is None:
-            do = torch.zeros_like(o)
-        dof = do.reshape(B * H, T, V).to(qf.dtype)
-        if Tp > T:
-            dof = torch.nn.functional.pad(dof, (0, 0, 0, Tp - T))
-        dof = dof.contiguous()
-        dhT = None if dS is None else dS.reshape(B * H, K, V).float().contiguous()
-        dq, dk, dv, dh0 = gla_bwd(qf, kf, vf, gkc, gvc, h, dof, dhT, ctx.dims, ctx.BT, need_dv=ctx.needs_input_grad[2])
-        dq, dk = dq[:, :T], dk[:, :T]
-        dv = None if dv is None else dv[:, :T]
-        dgk = dgv = None
-        if has_gk:
-            dgk = _gate_grad(qf[:, :T], dq, kf[:, :T], dk)
-            if dS is not None:  # the final state's term reaches every step's gate (it sits at t = T-1)
-                dgk = dgk + (dS.float() * S).sum(-1).reshape(B * H, 1, K)
-            dgk = dgk.view(B, H, T, K).to(gkdt)
-        if has_gv:
-            dgv = _gate_grad(o.reshape(B * H, T, V), do.reshape(B * H, T, V), vf[:, :T], dv)
-            if dS is not None:
-                dgv = dgv + (dS.float() * S).sum(-2).reshape(B * H, 1, V)
-            dgv = dgv.view(B, H, T, V).to(gvdt)
-        return (dq.view(B, H, T, K).to(qdt), dk.view(B, H, T, K).to(kdt),
-                dv.view(B, H, T, V).to(vdt) if ctx.needs_input_grad[2] else None,
-                dgk, dgv, dh0.view(B, H, K, V).to(h0dt) if has_h0 else None, None)
+        qf, kf, vf, gkf, gvf, h, o = ctx.saved_tensors
+        N, T, K = qf.shape
+        V = vf.shape[-1]
+        dof = torch.zeros_like(vf, dtype=qf.dtype) if do is None else do.reshape(N, T, V).to(qf.dtype).contiguous()
+        dhT = None if dS is None else dS.reshape(N, K, V).float().contiguous()
+        dq, dk, dv, dgk, dgv, dh0 = gla_bwd(qf, kf, vf, gkf, gvf, h, o, dof, dhT, ctx.BT,
+                                            need_dv=ctx.needs_input_grad[2])
+
+        def out(x):
+            return None if x is None else x.view(*ctx.BH, *x.shape[-2:])
+        return (out(dq), out(dk), out(dv) if ctx.needs_input_grad[2] else None, out(dgk), out(dgv),
+                out(dh0).to(ctx.h0dt) if ctx.h0dt is not None else None, None)
 
 
 def chunk_size_for(chunk_size: int) -> int | None:
