@@ -1,8 +1,10 @@
-"""Launch parameters of the stored-state chunked GLA (kernels/chunk.py), one at a time from the
-defaults: fwd+bwd time at Llama-3-8B heads (B1 and B4, 32 heads, T 4096, K = V = 128, key gate) and at
+"""Launch parameters of the stored-state chunked GLA (kernels/chunk.py), one at a time against the
+rules chunk.py applies by default: fwd+bwd time at Llama-3-8B heads (B1 and B4, 32 heads, T 4096, K = V = 128, key gate) and at
 the SmolLM2 Lizard layer of stage 1 (B16, 9 heads, T 1024, K 128, V 65 with the normaliser column, no
 value gradient). Every variant's outputs and gradients are checked against the defaults'.
     python3 benchmarks/tune_chunk.py"""
+import os
+
 import torch
 import triton
 
@@ -10,8 +12,12 @@ import linearize.kernels  # noqa: F401
 from linearize.kernels import chunk
 
 dev, bf = "cuda", torch.bfloat16
-KNOBS = {"STATE_BK": (32,), "O_BV": (128,), "DQKV_BV": (64,), "DQKV_WARPS": (4,), "DQKV_STAGES": (2,),
-         "WALK_WARPS": (8,), "WALK_STAGES": (1, 2)}
+KNOBS = {"DQKV_RELOAD": (True, False), "DQKV_BV": (32, 64), "DQKV_STAGES": (2,), "STATE_BK": (32, 64),
+         "O_BV": (64,), "WALK_WARPS": (8,)}  # each against chunk.py's rules (the "default" rows)
+# LINEARIZE_TUNE="KNOB=value,..." : those settings first (the base every variant starts from)
+for kv in filter(None, os.environ.get("LINEARIZE_TUNE", "").split(",")):
+    key, val = kv.split("=")
+    setattr(chunk, key, eval(val))
 
 
 def case(B, H, T, K, V, v_grad=True):

@@ -20,6 +20,7 @@ the chunk (rows past T load as zeros: no write, no decay).
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -170,7 +171,8 @@ def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
                      dq_ptr, dk_ptr, dv_ptr, dgk_ptr, dgv_ptr,
                      T, K, V, NT,
                      HAS_GK: tl.constexpr, HAS_GV: tl.constexpr, NEED_DV: tl.constexpr,
-                     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+                     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                     RELOAD: tl.constexpr):
     # The gates' gradients, in registers: dL/dg_t = sum_{s >= t in the chunk} dG_s + R, with
     # dG = q dq - k dk (key gate) or o do - v dv (value gate), and R = dL/d(first gate of the next
     # chunk) = <state at the chunk's end, dh> summed over the other axis (scaling that gate scales
@@ -248,6 +250,16 @@ def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
                     tl.sum(v_out.to(tl.float32) * dv_out, 0)
                 dgv = tl.cumsum(dGv, 0, reverse=True) + rv[None, :]
                 tl.store(dgv_ptr + (bh * T + t[:, None]) * V + ov[None, :], dgv.to(dgv_ptr.dtype.element_ty), mask=mtv)
+    if RELOAD:  # q, k and the gate again (L2 hits) rather than holding them in registers through the loop
+        qc = tl.load(q_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=ti & mk[None, :], other=0.)
+        kc = tl.load(k_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=ti & mk[None, :], other=0.)
+        if HAS_GK:
+            G, gkl = _gate_cumsum(gk_ptr, bh, T, n, K, ok_, mk, BT)
+            q_in = (qc * tl.exp(G)).to(dt)
+            k_in = (kc * tl.exp(-G)).to(dt)
+        else:
+            q_in = qc
+            k_in = kc
     dA = tl.where(causal, dA, 0.).to(dt)
     dq += tl.dot(dA, k_in)
     dk_in = tl.dot(tl.trans(dA), q_in)
@@ -265,17 +277,18 @@ def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
     tl.store(dk_ptr + (bh * T + t[:, None]) * K + ok_[None, :], dk.to(dk_ptr.dtype.element_ty), mask=ti & mk[None, :])
 
 
-# The state walks (fwd_h, bwd_dh) are sequential over chunks: split the state's rows over programs
-# too, so a [B*H] grid of short sequences still fills the GPU (the rows are independent).
-STATE_BK = int(os.environ.get("LINEARIZE_STATE_BK", "64"))
+# Launch parameters; None = the rule in the function that uses it (each measured on the H100 by
+# benchmarks/tune_chunk.py, session 13); a value overrides the rule (the tuning script sets them).
+# The state walks (fwd_h, bwd_dh) are sequential over chunks: their state rows are split over
+# programs too, so a [B*H] grid of short sequences still fills the GPU (the rows are independent).
+STATE_BK = int(os.environ["LINEARIZE_STATE_BK"]) if "LINEARIZE_STATE_BK" in os.environ else None
 WALK_WARPS = 4
 WALK_STAGES = None  # None: Triton's default software pipelining of the walks' loads
-O_BV = 64  # fwd_o's value block; values up to 128 wide may take one block
-# bwd_dqkv with keys wider than 64 (the [BT, 128] tiles of q, k and their gradients stay in
-# registers): value blocks of 32, 8 warps, no pipelining (the H100 measured these in session 1)
-DQKV_BV = 32
+O_BV = None  # fwd_o's value block
+DQKV_BV = None  # bwd_dqkv's value block (keys wider than 64)
 DQKV_WARPS = 8
 DQKV_STAGES = 1
+DQKV_RELOAD = None  # bwd_dqkv loads q, k and the gate again after its value loop (see the kernel)
 # LINEARIZE_GLA_TAIL=0: the normaliser column in a value block of its own (the layout before session 11)
 TAIL_COLUMN = os.environ.get("LINEARIZE_GLA_TAIL", "1") != "0"
 
@@ -318,6 +331,43 @@ def _walk_opts():
     return dict(num_warps=WALK_WARPS) if WALK_STAGES is None else dict(num_warps=WALK_WARPS, num_stages=WALK_STAGES)
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def _state_rows(BK, programs, device):
+    """State rows per walk program, given the walk's other grid dimensions' ``programs``: 64, or 32
+    when 64 would leave fewer than two programs per SM (B1 x 32 heads: 1.00 against 1.10 ms fwd+bwd;
+    at B4 64 is faster, 3.60 against 3.65 ms)."""
+    if STATE_BK is not None:
+        return min(BK, STATE_BK)
+    return min(BK, 32 if programs * triton.cdiv(BK, 64) < 2 * _sm_count(device) else 64)
+
+
+def _o_block(BK, V, BV):
+    """fwd_o's value block: all values up to 128 in one block, so q, k and the gate are read once
+    (K = V = 128: 1.08 against 1.10 ms at B1), except the hybrids' V = 64n + 1, whose tail column rides
+    along in the first block (a 128 block for V = 65: 1.24 against 1.21 ms, B16 x 9 heads x 1K)."""
+    if BK > 128:
+        return BV
+    if O_BV is not None:
+        return max(BV, min(O_BV, pow2_block(V)))
+    return pow2_block(V) if V <= 128 and not (V > BV and V % BV == 1) else BV
+
+
+def _dqkv_opts(BK, V, BV):
+    """bwd_dqkv's value block and RELOAD. With keys wider than 64 its [BT, 128] tiles of q, k and their
+    gradients fill the registers: values in blocks of 64 when V is a multiple of 64 (K = V = 128:
+    1.06 against 1.10 ms at B1, 3.44 against 3.59 ms at B4), else of 32 with q, k reloaded after the
+    loop (V = 65: 1.09 against 1.21 ms; a 64 block there costs 1.95 ms)."""
+    if BK <= 64:
+        return dict(BV=min(BV, 64), RELOAD=bool(DQKV_RELOAD), num_warps=4, num_stages=DQKV_STAGES)
+    ragged = V % 64 != 0
+    return dict(BV=DQKV_BV or (32 if ragged else 64), RELOAD=ragged if DQKV_RELOAD is None else DQKV_RELOAD,
+                num_warps=DQKV_WARPS, num_stages=DQKV_STAGES)
+
+
 def gla_fwd(q, k, v, gk, gv, h0, BT):
     """q, k: [N, T, K]; v: [N, T, V]; gk / gv: raw log-decays like k / v, or None; h0: [N, K, V] fp32
     or None. Returns (o [N, T, V] in q's dtype, the chunks' states [N, NT, K, V], final state fp32)."""
@@ -332,14 +382,14 @@ def gla_fwd(q, k, v, gk, gv, h0, BT):
     hT = torch.empty(N, K, V, device=dev, dtype=torch.float32)
     o = torch.empty(N, T, V, device=dev, dtype=q.dtype)
     dummy = h
-    BKS = min(BK, STATE_BK)
     nv, tail1 = _value_blocks(V, BV, gv)
+    BKS = _state_rows(BK, nv * N, dev)
     _fwd_h_kernel[(nv, N, triton.cdiv(K, BKS))](
         k, v, gk if gk is not None else dummy, gv if gv is not None else dummy,
         h0 if h0 is not None else dummy, h, hT, T, K, V, NT,
         HAS_GK=gk is not None, HAS_GV=gv is not None, HAS_H0=h0 is not None,
         BT=BT, BK=BKS, BV=BV, TAIL1=tail1, **_walk_opts())
-    BVO = max(BV, min(O_BV, pow2_block(V))) if BK <= 128 else BV
+    BVO = _o_block(BK, V, BV)
     nvo, tail1o = _value_blocks(V, BVO, gv)
     _fwd_o_kernel[(nvo, NT, N)](
         q, k, v, gk if gk is not None else dummy, gv if gv is not None else dummy, h, o, T, K, V, NT,
@@ -359,7 +409,7 @@ def gla_bwd(q, k, v, gk, gv, h, o, do, dhT, BT, need_dv=True):
     dh = torch.empty_like(h)  # stored like h (see gla_fwd)
     dh0 = torch.empty(N, K, V, device=dev, dtype=torch.float32)
     dummy = dh
-    BKS = min(BK, STATE_BK)
+    BKS = _state_rows(BK, triton.cdiv(V, BV) * N, dev)
     _bwd_dh_kernel[(triton.cdiv(V, BV), N, triton.cdiv(K, BKS))](
         q, do, gk if gk is not None else dummy, gv if gv is not None else dummy,
         dhT if dhT is not None else dummy, dh, dh0, T, K, V, NT,
@@ -376,8 +426,7 @@ def gla_bwd(q, k, v, gk, gv, h, o, do, dhT, BT, need_dv=True):
         o if gv is not None else dummy, dq, dk, dv if need_dv else dummy,
         dgk if gk is not None else dummy, dgv if gv is not None else dummy, T, K, V, NT,
         HAS_GK=gk is not None, HAS_GV=gv is not None, NEED_DV=need_dv,
-        BT=BT, BK=BK, BV=DQKV_BV if BK > 64 else min(BV, 64),
-        num_warps=4 if BK <= 64 else DQKV_WARPS, num_stages=DQKV_STAGES)
+        BT=BT, BK=BK, **_dqkv_opts(BK, V, BV))
     return dq, dk, dv, dgk, dgv, dh0
 
 

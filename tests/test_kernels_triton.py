@@ -48,6 +48,7 @@ def gate(shape, gen, gmax=1.0):
     (70, 24, 33, "both", True),
     (40, 80, 65, "gk", True),  # two key blocks (their partial sums added atomically), V + 1 = 65 wide values
     (45, 24, 129, "none", False),  # the stored kernels' tail column (V = 2 * 64 + 1) behind two full blocks
+    (29, 128, 65, "gk", True),  # the hybrids' shape: 128 keys (two walk row blocks), tail column, reload
 ])
 @pytest.mark.parametrize("kernels", ["fused", "stored"])
 def test_chunk_gla_forward_backward(T, K, V, which, h0, kernels):
