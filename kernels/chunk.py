@@ -287,7 +287,7 @@ WALK_STAGES = None  # None: Triton's default software pipelining of the walks' l
 O_BV = None  # fwd_o's value block
 DQKV_BV = None  # bwd_dqkv's value block (keys wider than 64)
 DQKV_WARPS = 8
-DQKV_STAGES = 1
+DQKV_STAGES = None
 DQKV_RELOAD = None  # bwd_dqkv loads q, k and the gate again after its value loop (see the kernel)
 # LINEARIZE_GLA_TAIL=0: the normaliser column in a value block of its own (the layout before session 11)
 TAIL_COLUMN = os.environ.get("LINEARIZE_GLA_TAIL", "1") != "0"
@@ -360,12 +360,13 @@ def _dqkv_opts(BK, V, BV):
     """bwd_dqkv's value block and RELOAD. With keys wider than 64 its [BT, 128] tiles of q, k and their
     gradients fill the registers: values in blocks of 64 when V is a multiple of 64 (K = V = 128:
     1.06 against 1.10 ms at B1, 3.44 against 3.59 ms at B4), else of 32 with q, k reloaded after the
-    loop (V = 65: 1.09 against 1.21 ms; a 64 block there costs 1.95 ms)."""
+    loop (V = 65: 1.09 against 1.21 ms; a 64 block there costs 1.81 ms). Two pipeline stages there
+    (0.93 against 0.95 ms at B1, 3.31 against 3.37 at B4); one with narrower keys, as measured before."""
     if BK <= 64:
-        return dict(BV=min(BV, 64), RELOAD=bool(DQKV_RELOAD), num_warps=4, num_stages=DQKV_STAGES)
+        return dict(BV=min(BV, 64), RELOAD=bool(DQKV_RELOAD), num_warps=4, num_stages=DQKV_STAGES or 1)
     ragged = V % 64 != 0
     return dict(BV=DQKV_BV or (32 if ragged else 64), RELOAD=ragged if DQKV_RELOAD is None else DQKV_RELOAD,
-                num_warps=DQKV_WARPS, num_stages=DQKV_STAGES)
+                num_warps=DQKV_WARPS, num_stages=DQKV_STAGES or 2)
 
 
 def gla_fwd(q, k, v, gk, gv, h0, BT):
