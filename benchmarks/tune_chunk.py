@@ -12,8 +12,8 @@ import linearize.kernels  # noqa: F401
 from linearize.kernels import chunk
 
 dev, bf = "cuda", torch.bfloat16
-KNOBS = {"DQKV_RELOAD": (True, False), "DQKV_BV": (32, 64), "DQKV_STAGES": (2,), "STATE_BK": (32, 64),
-         "O_BV": (64,), "WALK_WARPS": (8,)}  # each against chunk.py's rules (the "default" rows)
+KNOBS = {"WALK_BV": (64,), "STATE_BK": (16, 32, 64), "WALK_WARPS": (4, 8), "DQKV_STAGES": (1,),
+         "DQKV_RELOAD": (True, False)}  # each against chunk.py's rules (the "default" rows)
 # LINEARIZE_TUNE="KNOB=value,..." : those settings first (the base every variant starts from)
 for kv in filter(None, os.environ.get("LINEARIZE_TUNE", "").split(",")):
     key, val = kv.split("=")

@@ -282,7 +282,8 @@ def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
 # The state walks (fwd_h, bwd_dh) are sequential over chunks: their state rows are split over
 # programs too, so a [B*H] grid of short sequences still fills the GPU (the rows are independent).
 STATE_BK = int(os.environ["LINEARIZE_STATE_BK"]) if "LINEARIZE_STATE_BK" in os.environ else None
-WALK_WARPS = 4
+WALK_WARPS = None
+WALK_BV = None  # the walks' value block
 WALK_STAGES = None  # None: Triton's default software pipelining of the walks' loads
 O_BV = None  # fwd_o's value block
 DQKV_BV = None  # bwd_dqkv's value block (keys wider than 64)
@@ -327,8 +328,12 @@ def _value_blocks(V, BV, gv):
     return (V // BV if tail1 else triton.cdiv(V, BV)), tail1
 
 
-def _walk_opts():
-    return dict(num_warps=WALK_WARPS) if WALK_STAGES is None else dict(num_warps=WALK_WARPS, num_stages=WALK_STAGES)
+def _walk_opts(BK, BV):
+    """4 warps, 8 for a [64, 128] fp32 state."""
+    opts = dict(num_warps=WALK_WARPS or (8 if BK * BV >= 64 * 128 else 4))
+    if WALK_STAGES is not None:
+        opts["num_stages"] = WALK_STAGES
+    return opts
 
 
 @functools.lru_cache(maxsize=None)
@@ -337,12 +342,27 @@ def _sm_count(device: torch.device) -> int:
 
 
 def _state_rows(BK, programs, device):
-    """State rows per walk program, given the walk's other grid dimensions' ``programs``: 64, or 32
-    when 64 would leave fewer than two programs per SM (B1 x 32 heads: 1.00 against 1.10 ms fwd+bwd;
-    at B4 64 is faster, 3.60 against 3.65 ms)."""
+    """State rows per walk program, given the walk's other grid dimensions' ``programs``: 64 rows when
+    that gives four programs per SM, else 32 when that gives two, else 16 (fewer rows: more programs,
+    each walking the same chunks, so a short grid still fills the GPU). H100, K = 128, fwd+bwd:
+    B1 x 32 heads x 4K (V 128): 16 rows 0.89 ms, 32 0.97, 64 1.13; B4: 32 rows 3.28, 64 3.32;
+    B16 x 9 heads x 1K (V 65): 32 rows 1.03, 64 1.11."""
     if STATE_BK is not None:
         return min(BK, STATE_BK)
-    return min(BK, 32 if programs * triton.cdiv(BK, 64) < 2 * _sm_count(device) else 64)
+    sms = _sm_count(device)
+    if programs * triton.cdiv(BK, 64) >= 4 * sms:
+        return min(BK, 64)
+    return min(BK, 32 if programs * triton.cdiv(BK, 32) >= 2 * sms else 16)
+
+
+def _walk_block(V, BV):
+    """The walks' value block: all values up to 128 in one block, so each program reads its key rows
+    and their gate once per chunk (with blocks of 64 every value block re-read them, and V = 65, the
+    hybrids' normaliser column, cost bwd_dh a second block for one column). K = V = 128 at B1:
+    0.89 against 1.27 ms fwd+bwd; B4 3.28 against 3.34."""
+    if WALK_BV is not None:
+        return max(BV, min(WALK_BV, pow2_block(V)))
+    return pow2_block(V) if V <= 128 else BV
 
 
 def _o_block(BK, V, BV):
@@ -383,13 +403,14 @@ def gla_fwd(q, k, v, gk, gv, h0, BT):
     hT = torch.empty(N, K, V, device=dev, dtype=torch.float32)
     o = torch.empty(N, T, V, device=dev, dtype=q.dtype)
     dummy = h
-    nv, tail1 = _value_blocks(V, BV, gv)
+    BVW = _walk_block(V, BV)
+    nv, tail1 = _value_blocks(V, BVW, gv)
     BKS = _state_rows(BK, nv * N, dev)
     _fwd_h_kernel[(nv, N, triton.cdiv(K, BKS))](
         k, v, gk if gk is not None else dummy, gv if gv is not None else dummy,
         h0 if h0 is not None else dummy, h, hT, T, K, V, NT,
         HAS_GK=gk is not None, HAS_GV=gv is not None, HAS_H0=h0 is not None,
-        BT=BT, BK=BKS, BV=BV, TAIL1=tail1, **_walk_opts())
+        BT=BT, BK=BKS, BV=BVW, TAIL1=tail1, **_walk_opts(BKS, BVW))
     BVO = _o_block(BK, V, BV)
     nvo, tail1o = _value_blocks(V, BVO, gv)
     _fwd_o_kernel[(nvo, NT, N)](
@@ -410,12 +431,13 @@ def gla_bwd(q, k, v, gk, gv, h, o, do, dhT, BT, need_dv=True):
     dh = torch.empty_like(h)  # stored like h (see gla_fwd)
     dh0 = torch.empty(N, K, V, device=dev, dtype=torch.float32)
     dummy = dh
-    BKS = _state_rows(BK, triton.cdiv(V, BV) * N, dev)
-    _bwd_dh_kernel[(triton.cdiv(V, BV), N, triton.cdiv(K, BKS))](
+    BVW = _walk_block(V, BV)
+    BKS = _state_rows(BK, triton.cdiv(V, BVW) * N, dev)
+    _bwd_dh_kernel[(triton.cdiv(V, BVW), N, triton.cdiv(K, BKS))](
         q, do, gk if gk is not None else dummy, gv if gv is not None else dummy,
         dhT if dhT is not None else dummy, dh, dh0, T, K, V, NT,
         HAS_GK=gk is not None, HAS_GV=gv is not None, HAS_DHT=dhT is not None,
-        BT=BT, BK=BKS, BV=BV, **_walk_opts())
+        BT=BT, BK=BKS, BV=BVW, **_walk_opts(BKS, BVW))
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     # a value gate's gradient reads dv: computed whenever there is one
     need_dv = need_dv or gv is not None
