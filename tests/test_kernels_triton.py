@@ -85,6 +85,35 @@ def test_chunk_gla_forward_backward(T, K, V, which, h0, kernels):
         close(a, b, tol=5e-4, what=name)
 
 
+@pytest.mark.parametrize("knobs", [
+    dict(STATE_BK=16, DQKV_RELOAD=True),  # the smallest walk programs; q, k reloaded after the value loop
+    dict(WALK_BV=64, O_BV=64, DQKV_BV=64, DQKV_RELOAD=False),  # value blocks of 64: the tail column in walk and fwd_o
+])
+def test_chunk_gla_stored_launch_rules(knobs, monkeypatch):
+    """The launch parameters chunk.py's rules pick on the GPU but not for these small grids (the
+    interpreter counts 4 SMs), each set against the reference: 128 keys, the hybrids' V = 65 and
+    K = V = 128, key gate, initial state and final-state gradient."""
+    for name, val in knobs.items():
+        monkeypatch.setattr(chunk, name, val)
+    gen = torch.Generator().manual_seed(13)
+    for T, K, V in ((45, 128, 65), (37, 128, 128)):
+        q, k, v = (torch.randn(2, 2, T, d, generator=gen) for d in (K, K, V))
+        gk = gate((2, 2, T, K), gen)
+        s0 = torch.randn(2, 2, K, V, generator=gen)
+        leaves = [q, k, v, gk, s0]
+        for x in leaves:
+            x.requires_grad_(True)
+        do, dS = torch.randn(2, 2, T, V, generator=gen), torch.randn(2, 2, K, V, generator=gen)
+        o_ref, S_ref = gla.gla_parallel(q, k, v, gk, None, s0)
+        g_ref = torch.autograd.grad((o_ref * do).sum() + (S_ref * dS).sum(), leaves)
+        o, S = chunk.gla_chunked_stored(q, k, v, gk, None, s0, 16)
+        grads = torch.autograd.grad((o * do).sum() + (S * dS).sum(), leaves)
+        close(o, o_ref, what=f"o {T, K, V}")
+        close(S, S_ref, what=f"state {T, K, V}")
+        for name, a, b in zip(("dq", "dk", "dv", "dg", "ds0"), grads, g_ref):
+            close(a, b, tol=5e-4, what=f"{name} {T, K, V}")
+
+
 @pytest.mark.parametrize("which", ["gk", "none", "both"])
 def test_chunk_gla_stored_without_value_grad(which):
     """Values that need no gradient (stage 1: frozen v_proj on detached inputs): the stored-state
