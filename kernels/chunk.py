@@ -28,16 +28,7 @@ import triton
 import triton.language as tl
 
 from . import fused_chunk
-
-
-@triton.jit
-def _gate_cumsum(g_ptr, bh, T, n, C, cols, mc, BT: tl.constexpr):
-    """Chunk n's gate rows [BT, BC] read raw (log-decays; rows past T read as 0: no decay) and summed
-    in registers: (G = inclusive cumsum over the chunk's rows, Gl = the chunk's total [BC]), fp32."""
-    t = n * BT + tl.arange(0, BT)
-    g = tl.load(g_ptr + (bh * T + t[:, None]) * C + cols[None, :], mask=(t < T)[:, None] & mc[None, :],
-                other=0.).to(tl.float32)
-    return tl.cumsum(g, 0), tl.sum(g, 0)
+from .fused_chunk import _chunk_gate, _col, _load
 
 
 @triton.jit
@@ -69,21 +60,20 @@ def _fwd_h_kernel(k_ptr, v_ptr, gk_ptr, gv_ptr, h0_ptr, h_ptr, hT_ptr,
         if TAIL1:
             tl.store(h_ptr + (bh * NT + n) * K * V + ok_ * V + V - 1, hc.to(h_ptr.dtype.element_ty), mask=mt)
         t = n * BT + ot
-        ti = (t < T)[:, None]
-        kc = tl.load(k_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=ti & mk[None, :], other=0.)
-        vc = tl.load(v_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=ti & mv[None, :], other=0.)
+        kc = _load(k_ptr + bh * T * K, t, ok_, T, K, K)
+        vc = _load(v_ptr + bh * T * V, t, ov, T, V, V)
         if HAS_GK:
-            G, gkl = _gate_cumsum(gk_ptr, bh, T, n, K, ok_, mk, BT)
+            G, gkl = _chunk_gate(gk_ptr + bh * T * K, t, ok_, T, K)
             kc = (kc * tl.exp(gkl[None, :] - G)).to(kc.dtype)
             h = h * tl.exp(gkl)[:, None]
             hc = hc * tl.exp(gkl)
         if HAS_GV:
-            Gv, gvl = _gate_cumsum(gv_ptr, bh, T, n, V, ov, mv, BT)
+            Gv, gvl = _chunk_gate(gv_ptr + bh * T * V, t, ov, T, V)
             vc = (vc * tl.exp(gvl[None, :] - Gv)).to(vc.dtype)
             h = h * tl.exp(gvl)[None, :]
         h += tl.dot(tl.trans(kc), vc)
         if TAIL1:  # (the other value blocks compute it too, and store nothing)
-            vt = tl.load(v_ptr + (bh * T + t) * V + V - 1, mask=t < T, other=0.).to(vc.dtype).to(tl.float32)
+            vt = _col(v_ptr + bh * T * V, t, V - 1, T, V)
             hc += tl.sum(kc.to(tl.float32) * vt[:, None], 0)  # vt rounded as the dot's operand
     tl.store(hT_ptr + bh * K * V + ok_[:, None] * V + ov[None, :], h, mask=mkv)
     if TAIL1:
@@ -105,15 +95,15 @@ def _fwd_o_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, o_ptr,
     mv = ov < V
     t = n * BT + ot
     ti = (t < T)[:, None]
-    qc = tl.load(q_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=ti & mk[None, :], other=0.)
-    kc = tl.load(k_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=ti & mk[None, :], other=0.)
-    vc = tl.load(v_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=ti & mv[None, :], other=0.)
+    qc = _load(q_ptr + bh * T * K, t, ok_, T, K, K)
+    kc = _load(k_ptr + bh * T * K, t, ok_, T, K, K)
+    vc = _load(v_ptr + bh * T * V, t, ov, T, V, V)
     if HAS_GK:
-        G, _ = _gate_cumsum(gk_ptr, bh, T, n, K, ok_, mk, BT)
+        G, _ = _chunk_gate(gk_ptr + bh * T * K, t, ok_, T, K)
         qc = (qc * tl.exp(G)).to(qc.dtype)
         kc = (kc * tl.exp(-G)).to(kc.dtype)
     if HAS_GV:
-        Gv, _ = _gate_cumsum(gv_ptr, bh, T, n, V, ov, mv, BT)
+        Gv, _ = _chunk_gate(gv_ptr + bh * T * V, t, ov, T, V)
         vc = (vc * tl.exp(-Gv)).to(vc.dtype)
     h = tl.load(h_ptr + (bh * NT + n) * K * V + ok_[:, None] * V + ov[None, :], mask=mk[:, None] & mv[None, :], other=0.)
     A = tl.dot(qc, tl.trans(kc))
@@ -125,7 +115,7 @@ def _fwd_o_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, o_ptr,
     if TAIL1:  # column V - 1 (see _fwd_h_kernel), from the operands already in registers
         if iv == 0:
             hc = tl.load(h_ptr + (bh * NT + n) * K * V + ok_ * V + V - 1, mask=mk, other=0.).to(qc.dtype).to(tl.float32)
-            vt = tl.load(v_ptr + (bh * T + t) * V + V - 1, mask=t < T, other=0.).to(vc.dtype).to(tl.float32)
+            vt = _col(v_ptr + bh * T * V, t, V - 1, T, V)
             oc = tl.sum(qc.to(tl.float32) * hc[None, :], 1) + tl.sum(A.to(tl.float32) * vt[None, :], 1)
             tl.store(o_ptr + (bh * T + t) * V + V - 1, oc.to(o_ptr.dtype.element_ty), mask=t < T)
 
@@ -151,15 +141,14 @@ def _bwd_dh_kernel(q_ptr, do_ptr, gk_ptr, gv_ptr, dhT_ptr, dh_ptr, dh0_ptr,
         n = NT - 1 - i
         tl.store(dh_ptr + (bh * NT + n) * K * V + ok_[:, None] * V + ov[None, :], dh.to(dh_ptr.dtype.element_ty), mask=mkv)
         t = n * BT + ot
-        ti = (t < T)[:, None]
-        qc = tl.load(q_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=ti & mk[None, :], other=0.)
-        dc = tl.load(do_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=ti & mv[None, :], other=0.)
+        qc = _load(q_ptr + bh * T * K, t, ok_, T, K, K)
+        dc = _load(do_ptr + bh * T * V, t, ov, T, V, V)
         if HAS_GK:
-            G, gkl = _gate_cumsum(gk_ptr, bh, T, n, K, ok_, mk, BT)
+            G, gkl = _chunk_gate(gk_ptr + bh * T * K, t, ok_, T, K)
             qc = (qc * tl.exp(G)).to(qc.dtype)
             dh = dh * tl.exp(gkl)[:, None]
         if HAS_GV:
-            Gv, gvl = _gate_cumsum(gv_ptr, bh, T, n, V, ov, mv, BT)
+            Gv, gvl = _chunk_gate(gv_ptr + bh * T * V, t, ov, T, V)
             dc = (dc * tl.exp(Gv)).to(dc.dtype)
             dh = dh * tl.exp(gvl)[None, :]
         dh += tl.dot(tl.trans(qc), dc.to(qc.dtype))
@@ -185,11 +174,11 @@ def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
     mk = ok_ < K
     t = n * BT + ot
     ti = (t < T)[:, None]
-    qc = tl.load(q_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=ti & mk[None, :], other=0.)
-    kc = tl.load(k_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=ti & mk[None, :], other=0.)
+    qc = _load(q_ptr + bh * T * K, t, ok_, T, K, K)
+    kc = _load(k_ptr + bh * T * K, t, ok_, T, K, K)
     dt = qc.dtype
     if HAS_GK:
-        G, gkl = _gate_cumsum(gk_ptr, bh, T, n, K, ok_, mk, BT)
+        G, gkl = _chunk_gate(gk_ptr + bh * T * K, t, ok_, T, K)
         q_in = (qc * tl.exp(G)).to(dt)
         k_in = (kc * tl.exp(-G)).to(dt)
         k_out = (kc * tl.exp(gkl[None, :] - G)).to(dt)
@@ -210,10 +199,10 @@ def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
         mv = ov < V
         mkv = mk[:, None] & mv[None, :]
         mtv = ti & mv[None, :]
-        vc = tl.load(v_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mtv, other=0.)
-        dr = tl.load(do_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mtv, other=0.)
+        vc = _load(v_ptr + bh * T * V, t, ov, T, V, V)
+        dr = _load(do_ptr + bh * T * V, t, ov, T, V, V)
         if HAS_GV:
-            Gv, gvl = _gate_cumsum(gv_ptr, bh, T, n, V, ov, mv, BT)
+            Gv, gvl = _chunk_gate(gv_ptr + bh * T * V, t, ov, T, V)
             e_in = tl.exp(-Gv)
             e_out = tl.exp(gvl[None, :] - Gv)
             v_in = (vc * e_in).to(dt)
@@ -244,17 +233,17 @@ def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
                 dv = dv_in + dv_out
             tl.store(dv_ptr + (bh * T + t[:, None]) * V + ov[None, :], dv.to(dv_ptr.dtype.element_ty), mask=mtv)
             if HAS_GV:
-                oc = tl.load(o_ptr + (bh * T + t[:, None]) * V + ov[None, :], mask=mtv, other=0.).to(tl.float32)
+                oc = _load(o_ptr + bh * T * V, t, ov, T, V, V).to(tl.float32)
                 dGv = oc * dr.to(tl.float32) - vc.to(tl.float32) * dv
                 rv = tl.exp(gvl) * tl.sum(hdh * tl.exp(gkl)[:, None], 0) + \
                     tl.sum(v_out.to(tl.float32) * dv_out, 0)
                 dgv = tl.cumsum(dGv, 0, reverse=True) + rv[None, :]
                 tl.store(dgv_ptr + (bh * T + t[:, None]) * V + ov[None, :], dgv.to(dgv_ptr.dtype.element_ty), mask=mtv)
     if RELOAD:  # q, k and the gate again (L2 hits) rather than holding them in registers through the loop
-        qc = tl.load(q_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=ti & mk[None, :], other=0.)
-        kc = tl.load(k_ptr + (bh * T + t[:, None]) * K + ok_[None, :], mask=ti & mk[None, :], other=0.)
+        qc = _load(q_ptr + bh * T * K, t, ok_, T, K, K)
+        kc = _load(k_ptr + bh * T * K, t, ok_, T, K, K)
         if HAS_GK:
-            G, gkl = _gate_cumsum(gk_ptr, bh, T, n, K, ok_, mk, BT)
+            G, gkl = _chunk_gate(gk_ptr + bh * T * K, t, ok_, T, K)
             q_in = (qc * tl.exp(G)).to(dt)
             k_in = (kc * tl.exp(-G)).to(dt)
         else:

@@ -59,13 +59,19 @@ def _col(ptr, t, c, T, S):
 
 
 @triton.jit
+def _chunk_gate(gb, t, cols, T, C):
+    """A chunk's raw log-decays [BT, BC] (rows past T read as 0: no decay) summed in registers:
+    (G = inclusive cumsum over the chunk's rows, Gl = the chunk's total [BC]), fp32."""
+    gc = _load(gb, t, cols, T, C, C).to(tl.float32)
+    return tl.cumsum(gc, axis=0), tl.sum(gc, axis=0)
+
+
+@triton.jit
 def _gated(qc, kc, gb, t, ok_, T, K, HAS_G: tl.constexpr):
     """(q_in, k_in, k_out, G, Gl) of a chunk: the chunk-local decays applied (dot dtype of qc)."""
     dt = qc.dtype
     if HAS_G:
-        gc = _load(gb, t, ok_, T, K, K).to(tl.float32)
-        G = tl.cumsum(gc, axis=0)
-        Gl = tl.sum(gc, axis=0)
+        G, Gl = _chunk_gate(gb, t, ok_, T, K)
         q_in = (qc * tl.exp(G)).to(dt)
         k_in = (kc * tl.exp(-G)).to(dt)
         k_out = (kc * tl.exp(Gl[None, :] - G)).to(dt)
