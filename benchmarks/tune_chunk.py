@@ -5,13 +5,12 @@ value gradient). Every variant's outputs and gradients are checked against the d
     python3 benchmarks/tune_chunk.py"""
 import os
 
-import torch
 import triton
 
 import linearize.kernels  # noqa: F401
 from linearize.kernels import chunk
+from profile_chunk import case  # benchmarks/ is the script's directory
 
-dev, bf = "cuda", torch.bfloat16
 KNOBS = {"WALK_BV": (64,), "STATE_BK": (16, 32, 64), "WALK_WARPS": (4, 8), "DQKV_STAGES": (1,),
          "DQKV_RELOAD": (True, False)}  # each against chunk.py's rules (the "default" rows)
 # LINEARIZE_TUNE="KNOB=value,..." : those settings first (the base every variant starts from)
@@ -20,20 +19,13 @@ for kv in filter(None, os.environ.get("LINEARIZE_TUNE", "").split(",")):
     setattr(chunk, key, eval(val))
 
 
-def case(B, H, T, K, V, v_grad=True):
-    torch.manual_seed(0)
-    q = torch.randn(B, H, T, K, device=dev, dtype=bf)
-    k = torch.randn(B, H, T, K, device=dev, dtype=bf)
-    v = torch.randn(B, H, T, V, device=dev, dtype=bf)
-    g = -torch.sigmoid(torch.randn(B, H, T, K, device=dev))
-    ins = [q, k, v, g]
-    for x in ins:
-        x.requires_grad_(x is not v or v_grad)
-    return ins, torch.randn(B, H, T, V, device=dev, dtype=bf)
+def _case(B, H, T, K, V, v_grad=True):
+    args, _, do = case(B, H, T, K, V, v_grad=v_grad)
+    return list(args), do
 
 
-CASES = {"B1 H32 T4K 128x128": case(1, 32, 4096, 128, 128), "B4 H32 T4K 128x128": case(4, 32, 4096, 128, 128),
-         "B16 H9 T1K 128x65 no dv": case(16, 9, 1024, 128, 65, v_grad=False)}
+CASES = {"B1 H32 T4K 128x128": _case(1, 32, 4096, 128, 128), "B4 H32 T4K 128x128": _case(4, 32, 4096, 128, 128),
+         "B16 H9 T1K 128x65 no dv": _case(16, 9, 1024, 128, 65, v_grad=False)}
 
 
 def step(ins, do):
