@@ -10,6 +10,10 @@ On one random batch [batch, seq] it times, after warm-up, each of
             forward + backward (the stage-2 step);
   *_graph:  the same two steps captured in a CUDA graph and replayed (``linearize.cuda_graph_step``),
             as training runs them on one GPU;
+with the converted model's frozen weights stored in ``frozen_dtype`` (the trainable ones stay fp32),
+as a recipe's ``model.dtype`` leaves them: bf16 there spares autocast a cast of every frozen weight
+at every call and halves the residual stream's traffic. The teacher keeps fp32 weights under
+autocast: every one of its weights trains, so each needs its fp32 master copy;
 and prints tokens/s and the ratio to the teacher. The optimizer step is left out of all three
 (it is tiny beside forward + backward for the stages, and would be a full AdamW for the teacher).
 bf16 autocast on CUDA unless ``--precision no``.
@@ -50,10 +54,19 @@ def time_step(step, device: torch.device, warmup: int, iters: int) -> float:
 STAGES = ("distill", "distill_graph", "finetune", "finetune_graph")
 
 
+def store_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Frozen parameters in ``dtype``, trainable ones in fp32: what ``linearize.training.train``
+    does to a model loaded in ``dtype``."""
+    for p in model.parameters():
+        want = torch.float32 if p.requires_grad else dtype
+        if p.is_floating_point() and p.dtype != want:
+            p.data = p.data.to(want)
+
+
 def bench(model_name: str = "smollm2-135m", batch: int = 16, seq: int = 1024, method: str = "lizard",
           precision: str = "bf16", warmup: int = 2, iters: int = 5, device: str | None = None,
           gguf_file: str | None = None, linearize_options: dict | None = None, model=None, wrap=None,
-          graph: bool = True) -> dict:
+          graph: bool = True, frozen_dtype: str = "bfloat16") -> dict:
     """-> {"teacher": {tokens_per_s, step_s}, "distill": {..., ratio}, "finetune": {..., ratio}, ...}.
 
     ``model``: an already built fp32 model to use instead of loading ``model_name``; ``wrap(name, step)``
@@ -78,7 +91,10 @@ def bench(model_name: str = "smollm2-135m", batch: int = 16, seq: int = 1024, me
     use_amp = precision != "no" and dev.type == "cuda"
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)) if use_amp else nullcontext
     tokens = batch * seq
+    if not use_amp:  # without autocast every op computes in the weights' dtype: keep them all fp32
+        frozen_dtype = "float32"
     out: dict = {"model": model_name, "method": method, "batch": batch, "seq": seq, "precision": precision if use_amp else "fp32",
+                 "frozen_dtype": frozen_dtype,
                  "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
 
     def run(fn):
@@ -104,6 +120,7 @@ def bench(model_name: str = "smollm2-135m", batch: int = 16, seq: int = 1024, me
     convert(model, LinearizeConfig(method=method, **(linearize_options or {})))
     model.to(dev)
     freeze_all_but_new(model)
+    store_frozen(model, getattr(torch, frozen_dtype))
     set_mode(model, "transfer")
     loss_fn = make_transfer_loss(linear_attentions(model))
     t = time_step(wrap("distill", run(lambda: loss_fn(model, b)[0])), dev, warmup, iters)
@@ -117,6 +134,7 @@ def bench(model_name: str = "smollm2-135m", batch: int = 16, seq: int = 1024, me
     set_mode(model, "student")
     peft_model = add_lora(model, FinetuneConfig())
     peft_model.to(dev)
+    store_frozen(peft_model, getattr(torch, frozen_dtype))
     t = time_step(wrap("finetune", run(lambda: peft_model(**b, use_cache=False).loss)), dev, warmup, iters)
     out["finetune"] = {"step_s": t, "tokens_per_s": tokens / t}
     if graph and dev.type == "cuda":
@@ -143,14 +161,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--device", default=None)
     ap.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph rows (distill_graph, finetune_graph)")
+    ap.add_argument("--frozen-dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                    help="storage of the converted model's frozen weights (the smollm2 recipes' model.dtype)")
     ap.add_argument("--json", default=None, help="also write the result to this JSON file ('-' = stdout only JSON)")
     a = ap.parse_args(argv)
     res = bench(a.model, a.batch, a.seq, a.method, a.precision, a.warmup, a.iters, a.device, a.gguf_file,
-                graph=not a.no_graph)
+                graph=not a.no_graph, frozen_dtype=a.frozen_dtype)
     if a.json == "-":
         print(json.dumps(res, indent=1))
         return res
-    print(f"{res['model']} {res['method']}  batch {res['batch']} x seq {res['seq']}  {res['precision']}  on {res['device']}")
+    print(f"{res['model']} {res['method']}  batch {res['batch']} x seq {res['seq']}  {res['precision']}  "
+          f"frozen weights {res['frozen_dtype']}  on {res['device']}")
     print(f"{'':10s} {'tokens/s':>12s} {'step ms':>9s} {'vs teacher':>11s}")
     for k in ("teacher",) + STAGES:
         if k not in res:
