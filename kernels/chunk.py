@@ -32,13 +32,17 @@ from .fused_chunk import _chunk_gate, _col, _load
 
 
 @triton.jit
-def _fwd_h_kernel(k_ptr, v_ptr, gk_ptr, gv_ptr, h0_ptr, h_ptr, hT_ptr,
+def _fwd_h_kernel(k_ptr, v_ptr, gk_ptr, gv_ptr, h0_ptr, h_ptr, hT_ptr, z0_ptr, z_ptr, zT_ptr,
                   T, K, V, NT,
                   HAS_GK: tl.constexpr, HAS_GV: tl.constexpr, HAS_H0: tl.constexpr,
-                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, TAIL1: tl.constexpr):
+                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, TAIL1: tl.constexpr,
+                  ONES: tl.constexpr):
     # TAIL1: V = n * BV + 1 (the hybrids' normaliser column) and the grid has n value blocks; the
     # first one also carries column V - 1 as a [BK] vector, instead of a second block that would
-    # re-read k and the gate for one column
+    # re-read k and the gate for one column.
+    # ONES: v has an implicit ones column after its V columns (the normaliser, never stored): the first
+    # value block carries its state column z = sum_t k_out as a [BK] vector, stored apart (z, z0, zT:
+    # fp32 [K] per chunk and head), so v and h keep V = 64 aligned columns
     iv = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     ok_ = tl.program_id(2) * BK + tl.arange(0, BK)  # state rows of this program
@@ -53,12 +57,16 @@ def _fwd_h_kernel(k_ptr, v_ptr, gk_ptr, gv_ptr, h0_ptr, h_ptr, hT_ptr,
         h = tl.load(h0_ptr + bh * K * V + ok_[:, None] * V + ov[None, :], mask=mkv, other=0.).to(tl.float32)
         if TAIL1:
             hc = tl.load(h0_ptr + bh * K * V + ok_ * V + V - 1, mask=mt, other=0.).to(tl.float32)
+        if ONES:
+            hc = tl.load(z0_ptr + bh * K + ok_, mask=mt, other=0.)
     else:
         h = tl.zeros([BK, BV], dtype=tl.float32)
     for n in range(NT):
         tl.store(h_ptr + (bh * NT + n) * K * V + ok_[:, None] * V + ov[None, :], h.to(h_ptr.dtype.element_ty), mask=mkv)
         if TAIL1:
             tl.store(h_ptr + (bh * NT + n) * K * V + ok_ * V + V - 1, hc.to(h_ptr.dtype.element_ty), mask=mt)
+        if ONES:
+            tl.store(z_ptr + (bh * NT + n) * K + ok_, hc, mask=mt)
         t = n * BT + ot
         kc = _load(k_ptr + bh * T * K, t, ok_, T, K, K)
         vc = _load(v_ptr + bh * T * V, t, ov, T, V, V)
@@ -75,16 +83,23 @@ def _fwd_h_kernel(k_ptr, v_ptr, gk_ptr, gv_ptr, h0_ptr, h_ptr, hT_ptr,
         if TAIL1:  # (the other value blocks compute it too, and store nothing)
             vt = _col(v_ptr + bh * T * V, t, V - 1, T, V)
             hc += tl.sum(kc.to(tl.float32) * vt[:, None], 0)  # vt rounded as the dot's operand
+        if ONES:  # rows past T load as zero keys
+            hc += tl.sum(kc.to(tl.float32), 0)
     tl.store(hT_ptr + bh * K * V + ok_[:, None] * V + ov[None, :], h, mask=mkv)
     if TAIL1:
         tl.store(hT_ptr + bh * K * V + ok_ * V + V - 1, hc, mask=mt)
+    if ONES:
+        tl.store(zT_ptr + bh * K + ok_, hc, mask=mt)
 
 
 @triton.jit
-def _fwd_o_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, o_ptr,
+def _fwd_o_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, o_ptr, z_ptr,
                   T, K, V, NT,
                   HAS_GK: tl.constexpr, HAS_GV: tl.constexpr,
-                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, TAIL1: tl.constexpr):
+                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, TAIL1: tl.constexpr,
+                  ONES: tl.constexpr):
+    # ONES (see _fwd_h_kernel): o has V + 1 columns, the last q_in z_n + rowsum(tril(q_in k_in^T))
+    VO = V + ONES  # o's row stride
     iv = tl.program_id(0)
     n = tl.program_id(1)
     bh = tl.program_id(2).to(tl.int64)
@@ -111,7 +126,12 @@ def _fwd_o_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, o_ptr,
     o = tl.dot(qc, h.to(qc.dtype)) + tl.dot(A, vc)
     if HAS_GV:
         o = o * tl.exp(Gv)
-    tl.store(o_ptr + (bh * T + t[:, None]) * V + ov[None, :], o.to(o_ptr.dtype.element_ty), mask=ti & mv[None, :])
+    tl.store(o_ptr + (bh * T + t[:, None]) * VO + ov[None, :], o.to(o_ptr.dtype.element_ty), mask=ti & mv[None, :])
+    if ONES:
+        if iv == 0:
+            zn = tl.load(z_ptr + (bh * NT + n) * K + ok_, mask=mk, other=0.)
+            oc = tl.sum(qc.to(tl.float32) * zn[None, :], 1) + tl.sum(A.to(tl.float32), 1)
+            tl.store(o_ptr + (bh * T + t) * VO + V, oc.to(o_ptr.dtype.element_ty), mask=t < T)
     if TAIL1:  # column V - 1 (see _fwd_h_kernel), from the operands already in registers
         if iv == 0:
             hc = tl.load(h_ptr + (bh * NT + n) * K * V + ok_ * V + V - 1, mask=mk, other=0.).to(qc.dtype).to(tl.float32)
@@ -121,10 +141,13 @@ def _fwd_o_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, o_ptr,
 
 
 @triton.jit
-def _bwd_dh_kernel(q_ptr, do_ptr, gk_ptr, gv_ptr, dhT_ptr, dh_ptr, dh0_ptr,
+def _bwd_dh_kernel(q_ptr, do_ptr, gk_ptr, gv_ptr, dhT_ptr, dh_ptr, dh0_ptr, dzT_ptr, dz_ptr, dz0_ptr,
                    T, K, V, NT,
                    HAS_GK: tl.constexpr, HAS_GV: tl.constexpr, HAS_DHT: tl.constexpr,
-                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, ONES: tl.constexpr):
+    # ONES (see _fwd_h_kernel): do has V + 1 columns; the first value block also walks dz, the ones
+    # column's state gradient: dz <- e^gkl dz + q_in^T do[:, V]
+    VO = V + ONES  # do's row stride
     iv = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     ok_ = tl.program_id(2) * BK + tl.arange(0, BK)  # state rows of this program
@@ -133,40 +156,56 @@ def _bwd_dh_kernel(q_ptr, do_ptr, gk_ptr, gv_ptr, dhT_ptr, dh_ptr, dh0_ptr,
     mk = ok_ < K
     mv = ov < V
     mkv = mk[:, None] & mv[None, :]
+    mt = mk & ((ok_ * 0 + iv) == 0)  # dz's rows: only the first value block carries it
+    dz = tl.zeros([BK], dtype=tl.float32)
     if HAS_DHT:
         dh = tl.load(dhT_ptr + bh * K * V + ok_[:, None] * V + ov[None, :], mask=mkv, other=0.).to(tl.float32)
+        if ONES:
+            dz = tl.load(dzT_ptr + bh * K + ok_, mask=mt, other=0.)
     else:
         dh = tl.zeros([BK, BV], dtype=tl.float32)
     for i in range(NT):
         n = NT - 1 - i
         tl.store(dh_ptr + (bh * NT + n) * K * V + ok_[:, None] * V + ov[None, :], dh.to(dh_ptr.dtype.element_ty), mask=mkv)
+        if ONES:
+            tl.store(dz_ptr + (bh * NT + n) * K + ok_, dz, mask=mt)
         t = n * BT + ot
         qc = _load(q_ptr + bh * T * K, t, ok_, T, K, K)
-        dc = _load(do_ptr + bh * T * V, t, ov, T, V, V)
+        dc = _load(do_ptr + bh * T * VO, t, ov, T, V, VO)
         if HAS_GK:
             G, gkl = _chunk_gate(gk_ptr + bh * T * K, t, ok_, T, K)
             qc = (qc * tl.exp(G)).to(qc.dtype)
             dh = dh * tl.exp(gkl)[:, None]
+            dz = dz * tl.exp(gkl)
         if HAS_GV:
             Gv, gvl = _chunk_gate(gv_ptr + bh * T * V, t, ov, T, V)
             dc = (dc * tl.exp(Gv)).to(dc.dtype)
             dh = dh * tl.exp(gvl)[None, :]
         dh += tl.dot(tl.trans(qc), dc.to(qc.dtype))
+        if ONES:
+            dden = _col(do_ptr + bh * T * VO, t, V, T, VO)
+            dz += tl.sum(qc.to(tl.float32) * dden[:, None], 0)
     tl.store(dh0_ptr + bh * K * V + ok_[:, None] * V + ov[None, :], dh, mask=mkv)
+    if ONES:
+        tl.store(dz0_ptr + bh * K + ok_, dz, mask=mt)
 
 
 @triton.jit
-def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr, o_ptr,
+def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr, o_ptr, z_ptr, dz_ptr,
                      dq_ptr, dk_ptr, dv_ptr, dgk_ptr, dgv_ptr,
                      T, K, V, NT,
                      HAS_GK: tl.constexpr, HAS_GV: tl.constexpr, NEED_DV: tl.constexpr,
                      BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                     RELOAD: tl.constexpr):
+                     RELOAD: tl.constexpr, ONES: tl.constexpr):
     # The gates' gradients, in registers: dL/dg_t = sum_{s >= t in the chunk} dG_s + R, with
     # dG = q dq - k dk (key gate) or o do - v dv (value gate), and R = dL/d(first gate of the next
     # chunk) = <state at the chunk's end, dh> summed over the other axis (scaling that gate scales
     # the state it multiplies); the state at the end is e^Gl h_n + k_out^T v_out, so
     #   R_k = e^gkl sum_v h_n dh e^gvl + sum_t k_out (v_out dh^T),   R_v likewise with k and v swapped.
+    # ONES (see _fwd_h_kernel; no value gate): the ones column is one more value column, v = 1 on
+    # rows < T, with state z_n and gradient dz_n: dq += dden z_n, dA += dden, dk_out += dz_n and
+    # R_k += z_n dz_n, where dden = do[:, V] (o's last column; do has V + 1 columns)
+    VO = V + ONES  # do's row stride
     n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     ok_ = tl.arange(0, BK)
@@ -200,7 +239,7 @@ def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
         mkv = mk[:, None] & mv[None, :]
         mtv = ti & mv[None, :]
         vc = _load(v_ptr + bh * T * V, t, ov, T, V, V)
-        dr = _load(do_ptr + bh * T * V, t, ov, T, V, V)
+        dr = _load(do_ptr + bh * T * VO, t, ov, T, V, VO)
         if HAS_GV:
             Gv, gvl = _chunk_gate(gv_ptr + bh * T * V, t, ov, T, V)
             e_in = tl.exp(-Gv)
@@ -239,6 +278,14 @@ def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
                     tl.sum(v_out.to(tl.float32) * dv_out, 0)
                 dgv = tl.cumsum(dGv, 0, reverse=True) + rv[None, :]
                 tl.store(dgv_ptr + (bh * T + t[:, None]) * V + ov[None, :], dgv.to(dgv_ptr.dtype.element_ty), mask=mtv)
+    if ONES:
+        dden = _col(do_ptr + bh * T * VO, t, V, T, VO)
+        zn = tl.load(z_ptr + (bh * NT + n) * K + ok_, mask=mk, other=0.)
+        dzn = tl.load(dz_ptr + (bh * NT + n) * K + ok_, mask=mk, other=0.)
+        dq += dden[:, None] * zn[None, :]
+        dA += dden[:, None]
+        dk += tl.where(ti, dzn[None, :], 0.)
+        rk += zn * dzn
     if RELOAD:  # q, k and the gate again (L2 hits) rather than holding them in registers through the loop
         qc = _load(q_ptr + bh * T * K, t, ok_, T, K, K)
         kc = _load(k_ptr + bh * T * K, t, ok_, T, K, K)
@@ -281,6 +328,9 @@ DQKV_STAGES = None
 DQKV_RELOAD = None  # bwd_dqkv loads q, k and the gate again after its value loop (see the kernel)
 # LINEARIZE_GLA_TAIL=0: the normaliser column in a value block of its own (the layout before session 11)
 TAIL_COLUMN = os.environ.get("LINEARIZE_GLA_TAIL", "1") != "0"
+# The hybrids' normaliser column implicit in the stored-state kernels (``normalizer``), rather than a
+# ones column appended to v; LINEARIZE_GLA_ONES=0 appends it (the layout before session 14)
+IMPLICIT_ONES = os.environ.get("LINEARIZE_GLA_ONES", "1") != "0"
 
 
 def no_autograd(*tensors) -> bool:
@@ -378,9 +428,11 @@ def _dqkv_opts(BK, V, BV):
                 num_warps=DQKV_WARPS, num_stages=DQKV_STAGES or 2)
 
 
-def gla_fwd(q, k, v, gk, gv, h0, BT):
+def gla_fwd(q, k, v, gk, gv, h0, BT, ones=False, z0=None):
     """q, k: [N, T, K]; v: [N, T, V]; gk / gv: raw log-decays like k / v, or None; h0: [N, K, V] fp32
-    or None. Returns (o [N, T, V] in q's dtype, the chunks' states [N, NT, K, V], final state fp32)."""
+    or None. Returns (o [N, T, V] in q's dtype, the chunks' states [N, NT, K, V], final state fp32,
+    z, zT). ``ones`` (no value gate): v has an implicit ones column, o gets V + 1 columns, and that
+    column's states are z [N, NT, K] and zT [N, K] (fp32; initial z0 with h0), else z = zT = None."""
     N, T, K = q.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
@@ -390,43 +442,52 @@ def gla_fwd(q, k, v, gk, gv, h0, BT):
     # dots anyway (the walks keep theirs in fp32), so bf16 storage halves the traffic and changes nothing
     h = torch.empty(N, NT, K, V, device=dev, dtype=q.dtype)
     hT = torch.empty(N, K, V, device=dev, dtype=torch.float32)
-    o = torch.empty(N, T, V, device=dev, dtype=q.dtype)
+    o = torch.empty(N, T, V + int(ones), device=dev, dtype=q.dtype)
+    z = torch.empty(N, NT, K, device=dev, dtype=torch.float32) if ones else None
+    zT = torch.empty(N, K, device=dev, dtype=torch.float32) if ones else None
     dummy = h
     BVW = _walk_block(V, BV)
     nv, tail1 = _value_blocks(V, BVW, gv)
     BKS = _state_rows(BK, nv * N, dev)
     _fwd_h_kernel[(nv, N, triton.cdiv(K, BKS))](
         k, v, gk if gk is not None else dummy, gv if gv is not None else dummy,
-        h0 if h0 is not None else dummy, h, hT, T, K, V, NT,
+        h0 if h0 is not None else dummy, h, hT, z0 if z0 is not None else hT,
+        z if ones else hT, zT if ones else hT, T, K, V, NT,
         HAS_GK=gk is not None, HAS_GV=gv is not None, HAS_H0=h0 is not None,
-        BT=BT, BK=BKS, BV=BVW, TAIL1=tail1, **_walk_opts(BKS, BVW))
+        BT=BT, BK=BKS, BV=BVW, TAIL1=tail1, ONES=ones, **_walk_opts(BKS, BVW))
     BVO = _o_block(BK, V, BV)
     nvo, tail1o = _value_blocks(V, BVO, gv)
     _fwd_o_kernel[(nvo, NT, N)](
-        q, k, v, gk if gk is not None else dummy, gv if gv is not None else dummy, h, o, T, K, V, NT,
-        HAS_GK=gk is not None, HAS_GV=gv is not None, BT=BT, BK=BK, BV=BVO, TAIL1=tail1o,
-        num_warps=4 if BK * BVO <= 128 * 64 else 8)
-    return o, h, hT
+        q, k, v, gk if gk is not None else dummy, gv if gv is not None else dummy, h, o, z if ones else hT,
+        T, K, V, NT, HAS_GK=gk is not None, HAS_GV=gv is not None, BT=BT, BK=BK, BV=BVO, TAIL1=tail1o,
+        ONES=ones, num_warps=4 if BK * BVO <= 128 * 64 else 8)
+    return o, h, hT, z, zT
 
 
-def gla_bwd(q, k, v, gk, gv, h, o, do, dhT, BT, need_dv=True):
+def gla_bwd(q, k, v, gk, gv, h, o, do, dhT, BT, need_dv=True, z=None, dzT=None):
     """Gradients of gla_fwd's inputs (same layouts, each in its input's dtype; dv None when not
-    needed) and of the initial state (fp32). ``o`` is read only for a value gate."""
+    needed) and of the initial state (fp32), and (None unless ``z`` is given) of the initial ones
+    column state z0. ``o`` is read only for a value gate. With gla_fwd's ``ones``: pass its z; do has
+    V + 1 columns; dzT is the final ones-column state's gradient or None."""
     N, T, K = q.shape
     V = v.shape[-1]
     NT = h.shape[1]
     BK, BV = _blocks(K, V)
     dev = q.device
+    ones = z is not None
     dh = torch.empty_like(h)  # stored like h (see gla_fwd)
     dh0 = torch.empty(N, K, V, device=dev, dtype=torch.float32)
+    dz = torch.empty_like(z) if ones else None
+    dz0 = torch.empty(N, K, device=dev, dtype=torch.float32) if ones else None
     dummy = dh
     BVW = _walk_block(V, BV)
     BKS = _state_rows(BK, triton.cdiv(V, BVW) * N, dev)
     _bwd_dh_kernel[(triton.cdiv(V, BVW), N, triton.cdiv(K, BKS))](
         q, do, gk if gk is not None else dummy, gv if gv is not None else dummy,
-        dhT if dhT is not None else dummy, dh, dh0, T, K, V, NT,
+        dhT if dhT is not None else dummy, dh, dh0, dzT if dzT is not None else dh0,
+        dz if ones else dh0, dz0 if ones else dh0, T, K, V, NT,
         HAS_GK=gk is not None, HAS_GV=gv is not None, HAS_DHT=dhT is not None,
-        BT=BT, BK=BKS, BV=BVW, **_walk_opts(BKS, BVW))
+        BT=BT, BK=BKS, BV=BVW, ONES=ones, **_walk_opts(BKS, BVW))
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     # a value gate's gradient reads dv: computed whenever there is one
     need_dv = need_dv or gv is not None
@@ -435,40 +496,52 @@ def gla_bwd(q, k, v, gk, gv, h, o, do, dhT, BT, need_dv=True):
     dgv = torch.empty_like(gv) if gv is not None else None
     _bwd_dqkv_kernel[(NT, N)](
         q, k, v, gk if gk is not None else dummy, gv if gv is not None else dummy, h, dh, do,
-        o if gv is not None else dummy, dq, dk, dv if need_dv else dummy,
+        o if gv is not None else dummy, z if ones else dh0, dz if ones else dh0, dq, dk, dv if need_dv else dummy,
         dgk if gk is not None else dummy, dgv if gv is not None else dummy, T, K, V, NT,
         HAS_GK=gk is not None, HAS_GV=gv is not None, NEED_DV=need_dv,
-        BT=BT, BK=BK, **_dqkv_opts(BK, V, BV))
-    return dq, dk, dv, dgk, dgv, dh0
+        BT=BT, BK=BK, ONES=ones, **_dqkv_opts(BK, V, BV))
+    return dq, dk, dv, dgk, dgv, dh0, dz0
 
 
 class ChunkGLAFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, gk, gv, h0, BT):
+    def forward(ctx, q, k, v, gk, gv, h0, BT, ones=False):
         B, H, T, K = q.shape
         V = v.shape[-1]
+        VS = V + int(ones)  # o's and the state's columns
         qf, kf, vf, gkf, gvf = (_flat(x) for x in (q, k, v, gk, gv))
-        h0f = None if h0 is None else h0.reshape(-1, K, V).float().contiguous()
-        o, h, hT = gla_fwd(qf, kf, vf, gkf, gvf, h0f, BT)
-        ctx.save_for_backward(qf, kf, vf, gkf, gvf, h, o if gv is not None else None)
-        ctx.BT, ctx.BH = BT, (B, H)
+        h0f = None if h0 is None else h0.reshape(-1, K, VS).float()
+        z0f = None if h0f is None or not ones else h0f[..., V].contiguous()
+        h0f = None if h0f is None else h0f[..., :V].contiguous()
+        o, h, hT, z, zT = gla_fwd(qf, kf, vf, gkf, gvf, h0f, BT, ones, z0f)
+        ctx.save_for_backward(qf, kf, vf, gkf, gvf, h, o if gv is not None else None, z)
+        ctx.BT, ctx.BH, ctx.ones = BT, (B, H), ones
         ctx.h0dt = None if h0 is None else h0.dtype
-        return o.view(B, H, T, V), hT.view(B, H, K, V)
+        S = torch.cat([hT, zT[..., None]], -1) if ones else hT
+        return o.view(B, H, T, VS), S.view(B, H, K, VS)
 
     @staticmethod
     def backward(ctx, do, dS):
-        qf, kf, vf, gkf, gvf, h, o = ctx.saved_tensors
+        qf, kf, vf, gkf, gvf, h, o, z = ctx.saved_tensors
         N, T, K = qf.shape
         V = vf.shape[-1]
-        dof = torch.zeros_like(vf, dtype=qf.dtype) if do is None else do.reshape(N, T, V).to(qf.dtype).contiguous()
-        dhT = None if dS is None else dS.reshape(N, K, V).float().contiguous()
-        dq, dk, dv, dgk, dgv, dh0 = gla_bwd(qf, kf, vf, gkf, gvf, h, o, dof, dhT, ctx.BT,
-                                            need_dv=ctx.needs_input_grad[2])
+        VS = V + int(ctx.ones)
+        dof = torch.zeros(N, T, VS, device=qf.device, dtype=qf.dtype) if do is None else \
+            do.reshape(N, T, VS).to(qf.dtype).contiguous()
+        dhT = dzT = None
+        if dS is not None:
+            dhT = dS.reshape(N, K, VS).float()
+            dzT = dhT[..., V].contiguous() if ctx.ones else None
+            dhT = dhT[..., :V].contiguous()
+        dq, dk, dv, dgk, dgv, dh0, dz0 = gla_bwd(qf, kf, vf, gkf, gvf, h, o, dof, dhT, ctx.BT,
+                                                 need_dv=ctx.needs_input_grad[2], z=z, dzT=dzT)
+        if ctx.ones:
+            dh0 = torch.cat([dh0, dz0[..., None]], -1)
 
         def out(x):
             return None if x is None else x.view(*ctx.BH, *x.shape[-2:])
         return (out(dq), out(dk), out(dv) if ctx.needs_input_grad[2] else None, out(dgk), out(dgv),
-                out(dh0).to(ctx.h0dt) if ctx.h0dt is not None else None, None)
+                out(dh0).to(ctx.h0dt) if ctx.h0dt is not None else None, None, None)
 
 
 def chunk_size_for(chunk_size: int) -> int | None:
@@ -515,9 +588,14 @@ def gla_chunked_triton(q, k, v, gk=None, gv=None, initial_state=None, chunk_size
     return gla_chunked_stored(q, k, v, gk, gv, initial_state, BT)
 
 
-def gla_chunked_stored(q, k, v, gk=None, gv=None, initial_state=None, BT: int = 64):
-    """The four kernels above (every chunk's state stored), whatever the shapes; BT in [16, 64]."""
-    return ChunkGLAFunction.apply(q, k, v, gk, gv, initial_state, BT)
+def gla_chunked_stored(q, k, v, gk=None, gv=None, initial_state=None, BT: int = 64, normalizer: bool = False):
+    """The four kernels above (every chunk's state stored), whatever the shapes; BT in [16, 64].
+    ``normalizer`` (no value gate): as fused_chunk.gla_fused_chunk's, v gets an implicit ones column:
+    o and the states (initial and final) have V + 1 columns, the last one never read nor stored as
+    part of v or of the chunks' [K, V] states (V stays a multiple of 64 for the hybrids' heads)."""
+    if normalizer and gv is not None:
+        raise ValueError("gla_chunked_stored: the normaliser column takes no value gate")
+    return ChunkGLAFunction.apply(q, k, v, gk, gv, initial_state, BT, normalizer)
 
 
 # ------------------------------------------------------------------ the modules' chunked forms
@@ -542,6 +620,10 @@ def hybrid_chunked_triton(q, k, v, fq, fk, g, mix, window, scale, valid=None, me
             # the walk adds the normaliser's ones column itself: values stay one 64-wide block
             kk, vv = lagged(fk, v, g, window, ones=False)
             o_lin, S = fused_chunk.gla_fused_chunk(fq, kk, vv, g, None, BT, normalizer=True)
+        elif BT is not None and fq.shape[-1] <= MAX_KEY_GROUP and IMPLICIT_ONES:
+            # so do the stored-state kernels: v and the chunks' states keep V (64) columns, not V + 1
+            kk, vv = lagged(fk, v, g, window, ones=False)
+            o_lin, S = gla_chunked_stored(fq, kk, vv, g, None, None, BT, normalizer=True)
         else:
             kk, vv = lagged(fk, v, g, window)
             o_lin, S = gla_chunked_triton(fq, kk, vv, gk=g, chunk_size=chunk_size)

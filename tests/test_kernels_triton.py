@@ -165,11 +165,17 @@ def test_chunk_gla_key_groups(which, monkeypatch):
 
 @pytest.mark.parametrize("T,K,V,gated,h0,v_grad", [(37, 16, 24, True, True, True), (40, 80, 16, True, False, True),
                                                     (41, 16, 16, False, True, True), (40, 80, 16, True, True, False),
-                                                    (37, 16, 24, True, False, False)])
-def test_fused_chunk_normalizer_column(T, K, V, gated, h0, v_grad):
-    """normalizer=True equals GLA over v with a ones column appended (the hybrids' normaliser), the
-    state's extra column and its gradients included; with v_grad False (stage 1's frozen values) the
-    backward skips dv and the other gradients are unchanged."""
+                                                    (37, 16, 24, True, False, False),
+                                                    (29, 128, 64, True, True, True),  # the hybrids' shape (stored kernels)
+                                                    (45, 128, 64, True, False, False)])
+@pytest.mark.parametrize("kernels", ["fused", "stored"])
+def test_normalizer_column(T, K, V, gated, h0, v_grad, kernels):
+    """normalizer=True (fused_chunk's walk, and chunk.py's stored-state kernels) equals GLA over v with
+    a ones column appended (the hybrids' normaliser), the state's extra column and its gradients
+    included; with v_grad False (stage 1's frozen values) the backward skips dv and the other
+    gradients are unchanged."""
+    if kernels == "fused" and K > 80:
+        pytest.skip("the fused walk's shapes are covered by the smaller keys")
     gen = torch.Generator().manual_seed(T + K)
     B, H = 2, 3
     q, k = torch.randn(B, H, T, K, generator=gen), torch.randn(B, H, T, K, generator=gen)
@@ -182,7 +188,10 @@ def test_fused_chunk_normalizer_column(T, K, V, gated, h0, v_grad):
     do, dS = torch.randn(B, H, T, V + 1, generator=gen), torch.randn(B, H, K, V + 1, generator=gen)
     o_ref, S_ref = gla.gla_parallel(q, k, torch.cat([v, torch.ones_like(v[..., :1])], -1), g, None, s0)
     g_ref = torch.autograd.grad((o_ref * do).sum() + (S_ref * dS).sum(), leaves)
-    o, S = fused_chunk.gla_fused_chunk(q, k, v, g, s0, chunk_size=16, normalizer=True)
+    if kernels == "fused":
+        o, S = fused_chunk.gla_fused_chunk(q, k, v, g, s0, chunk_size=16, normalizer=True)
+    else:
+        o, S = chunk.gla_chunked_stored(q, k, v, g, None, s0, 16, normalizer=True)
     grads = torch.autograd.grad((o * do).sum() + (S * dS).sum(), leaves)
     close(o, o_ref, what="o")
     close(S, S_ref, what="state")
