@@ -3,7 +3,8 @@
 Default: Llama-3-8B heads (32 x 128), ours and fla's `chunk_gla`, with SDPA flash causal attention timed
 beside them. ``--hybrid``: the stored-state GLA at the SmolLM2 Lizard layer of stage 1 (B16 x 9 heads x
 T 1024, 128 keys, no value gradient) with values 65 wide (64 + the hybrids' normaliser column: rows of
-130 bytes) against 64 and 72 wide, fp32 and bf16 gates: what the odd width costs each kernel.
+130 bytes) against 64 and 72 wide, fp32 and bf16 gates: what the odd width costs each kernel; and 64
+wide with the normaliser's ones column implicit (``normalizer=True``, what the hybrid runs).
     python3 benchmarks/profile_chunk.py [--ours] [B T]   (default: B=1 and B=4 at T=4096; --ours: no peers)
     python3 benchmarks/profile_chunk.py --hybrid"""
 import sys
@@ -82,6 +83,12 @@ def hybrid_layer():
             print(f"== V={V} gate {gdt}")
             kernel_table(runner(lambda q, k, v, g: chunk.gla_chunked_stored(q, k, v, g, None, None, 64),
                                 args, leaves, do), 10)
+    # what the hybrid now runs: 64 values and the normaliser's ones column implicit (o is 65 wide)
+    args, leaves, _ = case(16, 9, 1024, 128, 64, v_grad=False)
+    do = torch.randn(16, 9, 1024, 65, device=dev, dtype=bf)
+    print("== V=64 + implicit ones column (normalizer=True), gate torch.float32")
+    kernel_table(runner(lambda q, k, v, g: chunk.gla_chunked_stored(q, k, v, g, None, None, 64, normalizer=True),
+                        args, leaves, do), 10)
 
 
 if __name__ == "__main__":
