@@ -93,13 +93,13 @@ def _fwd_h_kernel(k_ptr, v_ptr, gk_ptr, gv_ptr, h0_ptr, h_ptr, hT_ptr, z0_ptr, z
 
 
 @triton.jit
-def _fwd_o_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, o_ptr, z_ptr,
+def _fwd_o_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, o_ptr, z_ptr, den_ptr,
                   T, K, V, NT,
                   HAS_GK: tl.constexpr, HAS_GV: tl.constexpr,
                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, TAIL1: tl.constexpr,
                   ONES: tl.constexpr):
-    # ONES (see _fwd_h_kernel): o has V + 1 columns, the last q_in z_n + rowsum(tril(q_in k_in^T))
-    VO = V + ONES  # o's row stride
+    # ONES (see _fwd_h_kernel): the ones column's output, den = q_in z_n + rowsum(tril(q_in k_in^T)),
+    # goes to den [N, T] (o keeps V aligned columns)
     iv = tl.program_id(0)
     n = tl.program_id(1)
     bh = tl.program_id(2).to(tl.int64)
@@ -126,12 +126,12 @@ def _fwd_o_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, o_ptr, z_ptr,
     o = tl.dot(qc, h.to(qc.dtype)) + tl.dot(A, vc)
     if HAS_GV:
         o = o * tl.exp(Gv)
-    tl.store(o_ptr + (bh * T + t[:, None]) * VO + ov[None, :], o.to(o_ptr.dtype.element_ty), mask=ti & mv[None, :])
+    tl.store(o_ptr + (bh * T + t[:, None]) * V + ov[None, :], o.to(o_ptr.dtype.element_ty), mask=ti & mv[None, :])
     if ONES:
         if iv == 0:
             zn = tl.load(z_ptr + (bh * NT + n) * K + ok_, mask=mk, other=0.)
             oc = tl.sum(qc.to(tl.float32) * zn[None, :], 1) + tl.sum(A.to(tl.float32), 1)
-            tl.store(o_ptr + (bh * T + t) * VO + V, oc.to(o_ptr.dtype.element_ty), mask=t < T)
+            tl.store(den_ptr + bh * T + t, oc.to(den_ptr.dtype.element_ty), mask=t < T)
     if TAIL1:  # column V - 1 (see _fwd_h_kernel), from the operands already in registers
         if iv == 0:
             hc = tl.load(h_ptr + (bh * NT + n) * K * V + ok_ * V + V - 1, mask=mk, other=0.).to(qc.dtype).to(tl.float32)
@@ -141,13 +141,12 @@ def _fwd_o_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, o_ptr, z_ptr,
 
 
 @triton.jit
-def _bwd_dh_kernel(q_ptr, do_ptr, gk_ptr, gv_ptr, dhT_ptr, dh_ptr, dh0_ptr, dzT_ptr, dz_ptr, dz0_ptr,
+def _bwd_dh_kernel(q_ptr, do_ptr, gk_ptr, gv_ptr, dhT_ptr, dh_ptr, dh0_ptr, dden_ptr, dzT_ptr, dz_ptr, dz0_ptr,
                    T, K, V, NT,
                    HAS_GK: tl.constexpr, HAS_GV: tl.constexpr, HAS_DHT: tl.constexpr,
                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, ONES: tl.constexpr):
-    # ONES (see _fwd_h_kernel): do has V + 1 columns; the first value block also walks dz, the ones
-    # column's state gradient: dz <- e^gkl dz + q_in^T do[:, V]
-    VO = V + ONES  # do's row stride
+    # ONES (see _fwd_h_kernel): the first value block also walks dz, the ones column's state
+    # gradient: dz <- e^gkl dz + q_in^T dden (dden [N, T]: the gradient of fwd_o's den)
     iv = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     ok_ = tl.program_id(2) * BK + tl.arange(0, BK)  # state rows of this program
@@ -171,7 +170,7 @@ def _bwd_dh_kernel(q_ptr, do_ptr, gk_ptr, gv_ptr, dhT_ptr, dh_ptr, dh0_ptr, dzT_
             tl.store(dz_ptr + (bh * NT + n) * K + ok_, dz, mask=mt)
         t = n * BT + ot
         qc = _load(q_ptr + bh * T * K, t, ok_, T, K, K)
-        dc = _load(do_ptr + bh * T * VO, t, ov, T, V, VO)
+        dc = _load(do_ptr + bh * T * V, t, ov, T, V, V)
         if HAS_GK:
             G, gkl = _chunk_gate(gk_ptr + bh * T * K, t, ok_, T, K)
             qc = (qc * tl.exp(G)).to(qc.dtype)
@@ -183,7 +182,7 @@ def _bwd_dh_kernel(q_ptr, do_ptr, gk_ptr, gv_ptr, dhT_ptr, dh_ptr, dh0_ptr, dzT_
             dh = dh * tl.exp(gvl)[None, :]
         dh += tl.dot(tl.trans(qc), dc.to(qc.dtype))
         if ONES:
-            dden = _col(do_ptr + bh * T * VO, t, V, T, VO)
+            dden = _col(dden_ptr + bh * T, t, 0, T, 1)
             dz += tl.sum(qc.to(tl.float32) * dden[:, None], 0)
     tl.store(dh0_ptr + bh * K * V + ok_[:, None] * V + ov[None, :], dh, mask=mkv)
     if ONES:
@@ -191,7 +190,7 @@ def _bwd_dh_kernel(q_ptr, do_ptr, gk_ptr, gv_ptr, dhT_ptr, dh_ptr, dh0_ptr, dzT_
 
 
 @triton.jit
-def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr, o_ptr, z_ptr, dz_ptr,
+def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr, o_ptr, z_ptr, dz_ptr, dden_ptr,
                      dq_ptr, dk_ptr, dv_ptr, dgk_ptr, dgv_ptr,
                      T, K, V, NT,
                      HAS_GK: tl.constexpr, HAS_GV: tl.constexpr, NEED_DV: tl.constexpr,
@@ -204,8 +203,7 @@ def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
     #   R_k = e^gkl sum_v h_n dh e^gvl + sum_t k_out (v_out dh^T),   R_v likewise with k and v swapped.
     # ONES (see _fwd_h_kernel; no value gate): the ones column is one more value column, v = 1 on
     # rows < T, with state z_n and gradient dz_n: dq += dden z_n, dA += dden, dk_out += dz_n and
-    # R_k += z_n dz_n, where dden = do[:, V] (o's last column; do has V + 1 columns)
-    VO = V + ONES  # do's row stride
+    # R_k += z_n dz_n, where dden [N, T] is the gradient of fwd_o's den
     n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     ok_ = tl.arange(0, BK)
@@ -239,7 +237,7 @@ def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
         mkv = mk[:, None] & mv[None, :]
         mtv = ti & mv[None, :]
         vc = _load(v_ptr + bh * T * V, t, ov, T, V, V)
-        dr = _load(do_ptr + bh * T * VO, t, ov, T, V, VO)
+        dr = _load(do_ptr + bh * T * V, t, ov, T, V, V)
         if HAS_GV:
             Gv, gvl = _chunk_gate(gv_ptr + bh * T * V, t, ov, T, V)
             e_in = tl.exp(-Gv)
@@ -279,7 +277,7 @@ def _bwd_dqkv_kernel(q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, h_ptr, dh_ptr, do_ptr,
                 dgv = tl.cumsum(dGv, 0, reverse=True) + rv[None, :]
                 tl.store(dgv_ptr + (bh * T + t[:, None]) * V + ov[None, :], dgv.to(dgv_ptr.dtype.element_ty), mask=mtv)
     if ONES:
-        dden = _col(do_ptr + bh * T * VO, t, V, T, VO)
+        dden = _col(dden_ptr + bh * T, t, 0, T, 1)
         zn = tl.load(z_ptr + (bh * NT + n) * K + ok_, mask=mk, other=0.)
         dzn = tl.load(dz_ptr + (bh * NT + n) * K + ok_, mask=mk, other=0.)
         dq += dden[:, None] * zn[None, :]
@@ -431,8 +429,9 @@ def _dqkv_opts(BK, V, BV):
 def gla_fwd(q, k, v, gk, gv, h0, BT, ones=False, z0=None):
     """q, k: [N, T, K]; v: [N, T, V]; gk / gv: raw log-decays like k / v, or None; h0: [N, K, V] fp32
     or None. Returns (o [N, T, V] in q's dtype, the chunks' states [N, NT, K, V], final state fp32,
-    z, zT). ``ones`` (no value gate): v has an implicit ones column, o gets V + 1 columns, and that
-    column's states are z [N, NT, K] and zT [N, K] (fp32; initial z0 with h0), else z = zT = None."""
+    den, z, zT). ``ones`` (no value gate): v has an implicit ones column, whose output is den [N, T]
+    (q's dtype) and whose states are z [N, NT, K] and zT [N, K] (fp32; initial z0 with h0); else
+    den = z = zT = None."""
     N, T, K = q.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
@@ -442,7 +441,8 @@ def gla_fwd(q, k, v, gk, gv, h0, BT, ones=False, z0=None):
     # dots anyway (the walks keep theirs in fp32), so bf16 storage halves the traffic and changes nothing
     h = torch.empty(N, NT, K, V, device=dev, dtype=q.dtype)
     hT = torch.empty(N, K, V, device=dev, dtype=torch.float32)
-    o = torch.empty(N, T, V + int(ones), device=dev, dtype=q.dtype)
+    o = torch.empty(N, T, V, device=dev, dtype=q.dtype)
+    den = torch.empty(N, T, device=dev, dtype=q.dtype) if ones else None
     z = torch.empty(N, NT, K, device=dev, dtype=torch.float32) if ones else None
     zT = torch.empty(N, K, device=dev, dtype=torch.float32) if ones else None
     dummy = h
@@ -459,16 +459,16 @@ def gla_fwd(q, k, v, gk, gv, h0, BT, ones=False, z0=None):
     nvo, tail1o = _value_blocks(V, BVO, gv)
     _fwd_o_kernel[(nvo, NT, N)](
         q, k, v, gk if gk is not None else dummy, gv if gv is not None else dummy, h, o, z if ones else hT,
-        T, K, V, NT, HAS_GK=gk is not None, HAS_GV=gv is not None, BT=BT, BK=BK, BV=BVO, TAIL1=tail1o,
+        den if ones else o, T, K, V, NT, HAS_GK=gk is not None, HAS_GV=gv is not None, BT=BT, BK=BK, BV=BVO, TAIL1=tail1o,
         ONES=ones, num_warps=4 if BK * BVO <= 128 * 64 else 8)
-    return o, h, hT, z, zT
+    return o, h, hT, den, z, zT
 
 
-def gla_bwd(q, k, v, gk, gv, h, o, do, dhT, BT, need_dv=True, z=None, dzT=None):
+def gla_bwd(q, k, v, gk, gv, h, o, do, dhT, BT, need_dv=True, z=None, dden=None, dzT=None):
     """Gradients of gla_fwd's inputs (same layouts, each in its input's dtype; dv None when not
     needed) and of the initial state (fp32), and (None unless ``z`` is given) of the initial ones
-    column state z0. ``o`` is read only for a value gate. With gla_fwd's ``ones``: pass its z; do has
-    V + 1 columns; dzT is the final ones-column state's gradient or None."""
+    column state z0. ``o`` is read only for a value gate. With gla_fwd's ``ones``: pass its z, den's
+    gradient dden [N, T] and the final ones-column state's gradient dzT (or None)."""
     N, T, K = q.shape
     V = v.shape[-1]
     NT = h.shape[1]
@@ -484,7 +484,7 @@ def gla_bwd(q, k, v, gk, gv, h, o, do, dhT, BT, need_dv=True, z=None, dzT=None):
     BKS = _state_rows(BK, triton.cdiv(V, BVW) * N, dev)
     _bwd_dh_kernel[(triton.cdiv(V, BVW), N, triton.cdiv(K, BKS))](
         q, do, gk if gk is not None else dummy, gv if gv is not None else dummy,
-        dhT if dhT is not None else dummy, dh, dh0, dzT if dzT is not None else dh0,
+        dhT if dhT is not None else dummy, dh, dh0, dden if ones else dh0, dzT if dzT is not None else dh0,
         dz if ones else dh0, dz0 if ones else dh0, T, K, V, NT,
         HAS_GK=gk is not None, HAS_GV=gv is not None, HAS_DHT=dhT is not None,
         BT=BT, BK=BKS, BV=BVW, ONES=ones, **_walk_opts(BKS, BVW))
@@ -496,7 +496,8 @@ def gla_bwd(q, k, v, gk, gv, h, o, do, dhT, BT, need_dv=True, z=None, dzT=None):
     dgv = torch.empty_like(gv) if gv is not None else None
     _bwd_dqkv_kernel[(NT, N)](
         q, k, v, gk if gk is not None else dummy, gv if gv is not None else dummy, h, dh, do,
-        o if gv is not None else dummy, z if ones else dh0, dz if ones else dh0, dq, dk, dv if need_dv else dummy,
+        o if gv is not None else dummy, z if ones else dh0, dz if ones else dh0, dden if ones else dh0,
+        dq, dk, dv if need_dv else dummy,
         dgk if gk is not None else dummy, dgv if gv is not None else dummy, T, K, V, NT,
         HAS_GK=gk is not None, HAS_GV=gv is not None, NEED_DV=need_dv,
         BT=BT, BK=BK, ONES=ones, **_dqkv_opts(BK, V, BV))
@@ -513,28 +514,30 @@ class ChunkGLAFunction(torch.autograd.Function):
         h0f = None if h0 is None else h0.reshape(-1, K, VS).float()
         z0f = None if h0f is None or not ones else h0f[..., V].contiguous()
         h0f = None if h0f is None else h0f[..., :V].contiguous()
-        o, h, hT, z, zT = gla_fwd(qf, kf, vf, gkf, gvf, h0f, BT, ones, z0f)
+        o, h, hT, den, z, zT = gla_fwd(qf, kf, vf, gkf, gvf, h0f, BT, ones, z0f)
         ctx.save_for_backward(qf, kf, vf, gkf, gvf, h, o if gv is not None else None, z)
         ctx.BT, ctx.BH, ctx.ones = BT, (B, H), ones
         ctx.h0dt = None if h0 is None else h0.dtype
         S = torch.cat([hT, zT[..., None]], -1) if ones else hT
-        return o.view(B, H, T, VS), S.view(B, H, K, VS)
+        return o.view(B, H, T, V), (den.view(B, H, T) if ones else None), S.view(B, H, K, VS)
 
     @staticmethod
-    def backward(ctx, do, dS):
+    def backward(ctx, do, dden, dS):
         qf, kf, vf, gkf, gvf, h, o, z = ctx.saved_tensors
         N, T, K = qf.shape
         V = vf.shape[-1]
         VS = V + int(ctx.ones)
-        dof = torch.zeros(N, T, VS, device=qf.device, dtype=qf.dtype) if do is None else \
-            do.reshape(N, T, VS).to(qf.dtype).contiguous()
+        dof = torch.zeros_like(vf, dtype=qf.dtype) if do is None else do.reshape(N, T, V).to(qf.dtype).contiguous()
+        if ctx.ones:
+            dden = torch.zeros(N, T, device=qf.device, dtype=torch.float32) if dden is None else \
+                dden.reshape(N, T).contiguous()
         dhT = dzT = None
         if dS is not None:
             dhT = dS.reshape(N, K, VS).float()
             dzT = dhT[..., V].contiguous() if ctx.ones else None
             dhT = dhT[..., :V].contiguous()
         dq, dk, dv, dgk, dgv, dh0, dz0 = gla_bwd(qf, kf, vf, gkf, gvf, h, o, dof, dhT, ctx.BT,
-                                                 need_dv=ctx.needs_input_grad[2], z=z, dzT=dzT)
+                                                 need_dv=ctx.needs_input_grad[2], z=z, dden=dden, dzT=dzT)
         if ctx.ones:
             dh0 = torch.cat([dh0, dz0[..., None]], -1)
 
@@ -590,12 +593,15 @@ def gla_chunked_triton(q, k, v, gk=None, gv=None, initial_state=None, chunk_size
 
 def gla_chunked_stored(q, k, v, gk=None, gv=None, initial_state=None, BT: int = 64, normalizer: bool = False):
     """The four kernels above (every chunk's state stored), whatever the shapes; BT in [16, 64].
-    ``normalizer`` (no value gate): as fused_chunk.gla_fused_chunk's, v gets an implicit ones column:
-    o and the states (initial and final) have V + 1 columns, the last one never read nor stored as
-    part of v or of the chunks' [K, V] states (V stays a multiple of 64 for the hybrids' heads)."""
+    Returns (o, final state) as gla_chunked; with ``normalizer`` (no value gate) v gets an implicit
+    ones column, as in fused_chunk.gla_fused_chunk, and the result is (o [B, H, T, V], den [B, H, T]
+    = that column's output, final state [B, H, K, V + 1]); the initial state has V + 1 columns too.
+    The column is never read nor stored as part of v, o or the chunks' [K, V] states, so these keep
+    V (a multiple of 64 for the hybrids' heads) aligned columns."""
     if normalizer and gv is not None:
         raise ValueError("gla_chunked_stored: the normaliser column takes no value gate")
-    return ChunkGLAFunction.apply(q, k, v, gk, gv, initial_state, BT, normalizer)
+    o, den, S = ChunkGLAFunction.apply(q, k, v, gk, gv, initial_state, BT, normalizer)
+    return (o, den, S) if normalizer else (o, S)
 
 
 # ------------------------------------------------------------------ the modules' chunked forms
@@ -620,14 +626,16 @@ def hybrid_chunked_triton(q, k, v, fq, fk, g, mix, window, scale, valid=None, me
             # the walk adds the normaliser's ones column itself: values stay one 64-wide block
             kk, vv = lagged(fk, v, g, window, ones=False)
             o_lin, S = fused_chunk.gla_fused_chunk(fq, kk, vv, g, None, BT, normalizer=True)
+            num_lin, den_lin = o_lin[..., :V], o_lin[..., V]
         elif BT is not None and fq.shape[-1] <= MAX_KEY_GROUP and IMPLICIT_ONES:
-            # so do the stored-state kernels: v and the chunks' states keep V (64) columns, not V + 1
+            # so do the stored-state kernels, with the column's output apart: v, o and the chunks'
+            # states keep V (64) aligned columns, not V + 1
             kk, vv = lagged(fk, v, g, window, ones=False)
-            o_lin, S = gla_chunked_stored(fq, kk, vv, g, None, None, BT, normalizer=True)
+            num_lin, den_lin, S = gla_chunked_stored(fq, kk, vv, g, None, None, BT, normalizer=True)
         else:
             kk, vv = lagged(fk, v, g, window)
             o_lin, S = gla_chunked_triton(fq, kk, vv, gk=g, chunk_size=chunk_size)
-        num_lin, den_lin = o_lin[..., :V], o_lin[..., V]
+            num_lin, den_lin = o_lin[..., :V], o_lin[..., V]
     o = ref.combine(num_sm, den_sm, num_lin, den_lin, mix, linear_enabled)
     if not return_state:
         return o

@@ -191,7 +191,8 @@ def test_normalizer_column(T, K, V, gated, h0, v_grad, kernels):
     if kernels == "fused":
         o, S = fused_chunk.gla_fused_chunk(q, k, v, g, s0, chunk_size=16, normalizer=True)
     else:
-        o, S = chunk.gla_chunked_stored(q, k, v, g, None, s0, 16, normalizer=True)
+        o, den, S = chunk.gla_chunked_stored(q, k, v, g, None, s0, 16, normalizer=True)
+        o = torch.cat([o, den[..., None]], -1)
     grads = torch.autograd.grad((o * do).sum() + (S * dS).sum(), leaves)
     close(o, o_ref, what="o")
     close(S, S_ref, what="state")
