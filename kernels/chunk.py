@@ -612,7 +612,7 @@ def hybrid_chunked_triton(q, k, v, fq, fk, g, mix, window, scale, valid=None, me
     GLA kernels, the window half in the Triton window kernels (kernels/window.py)."""
     from linearize.attention import hybrid as ref
 
-    from .lagged_keys import lagged_keys_triton
+    from .lagged_keys import lagged_keys_train, lagged_keys_triton
     from .window import window_chunked_triton
 
     num_sm, den_sm = window_chunked_triton(q, k, v, scale, window, valid, meta_k, meta_v, chunk_size)
@@ -620,8 +620,9 @@ def hybrid_chunked_triton(q, k, v, fq, fk, g, mix, window, scale, valid=None, me
     num_lin = den_lin = S = None
     if linear_enabled or return_state:
         BT = chunk_size_for(chunk_size)
-        # without autograd (prefill, scoring) the lagged keys come from their Triton kernel
-        lagged = lagged_keys_triton if no_autograd(fk, v, g) else ref.lagged_keys
+        # the lagged keys come from their Triton kernels: forward only without autograd (prefill,
+        # scoring), forward and backward in training
+        lagged = lagged_keys_triton if no_autograd(fk, v, g) else lagged_keys_train
         if GLA_KERNELS == "fused" and BT is not None and fused_chunk.supports(fq, v):
             # the walk adds the normaliser's ones column itself: values stay one 64-wide block
             kk, vv = lagged(fk, v, g, window, ones=False)

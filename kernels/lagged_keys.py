@@ -1,4 +1,5 @@
-"""Triton forward of the hybrids' lagged keys and values (no autograd: prefill, scoring, perplexity).
+"""Triton kernels of the hybrids' lagged keys and values: the forward alone (no autograd: prefill,
+scoring, perplexity), and forward + backward for training (``lagged_keys_train``).
 
 Same contract as linearize.attention.hybrid.lagged_keys:
 
@@ -19,6 +20,15 @@ block, never carried across blocks: S over the block's rows is
 
 and the rows t0-w .. t0-1 are the first w rows of the lagged tile the program loads anyway (BT >= w),
 so every S is a sum of at most BT + w bounded terms whatever T is.
+
+The backward (``LaggedKeys``), with P_t = dk'_t * k'_t (fp32; 0 for t < w and t >= T):
+
+    dfk_j = dk'_{j+w} * exp(S_{j+w})
+    dg_u  = sum_{t = u..u+w-1} P_t  =  dg_{u+1} + P_u - P_{u+w}
+
+one program per block of rows j in [t0, t0 + BT): S at rows j and j + w from the g tiles at rows
+j - w, j, j + w (as in the forward), and dg as a reverse cumsum of P_j - P_{j+w} over the block plus
+dg at t0 + BT, the sum of P over the last w rows of the j + w tile: again bounded terms only.
 """
 from __future__ import annotations
 
@@ -50,6 +60,98 @@ def _lagged_keys_kernel(fk_ptr, g_ptr, out_ptr, T, F, W, H, sgb, sgh, sgt, BT: t
              mask=m_new)
 
 
+@triton.jit
+def _window_sum(g_ptr, gbase, sgt, rows, c, T, mc, W, BT: tl.constexpr):
+    """S at rows + W for a block of rows (S_t = sum of g over t-W+1..t), and the g tile at rows + W,
+    from the tiles at rows and rows + W (fp32 [BT, BC]; rows outside [0, T) read as 0)."""
+    lo = rows
+    hi = rows + W
+    g_lo = tl.load(g_ptr + gbase + lo[:, None].to(tl.int64) * sgt + c[None, :],
+                   mask=((lo >= 0) & (lo < T))[:, None] & mc[None, :], other=0.).to(tl.float32)
+    g_hi = tl.load(g_ptr + gbase + hi[:, None].to(tl.int64) * sgt + c[None, :],
+                   mask=((hi >= 0) & (hi < T))[:, None] & mc[None, :], other=0.).to(tl.float32)
+    carry = tl.sum(tl.where(tl.arange(0, BT)[:, None] < W, g_lo, 0.), axis=0)  # S at the row before rows[0] + W
+    return carry[None, :] + tl.cumsum(g_hi - g_lo, axis=0)
+
+
+@triton.jit
+def _lagged_keys_bwd_kernel(fk_ptr, g_ptr, dk_ptr, dfk_ptr, dg_ptr, T, F, W, H, sgb, sgh, sgt,
+                            BT: tl.constexpr, BC: tl.constexpr):
+    it = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    gbase = (bh // H) * sgb + (bh % H) * sgh
+    base = bh * T * F
+    j = it * BT + tl.arange(0, BT)
+    c = tl.program_id(2) * BC + tl.arange(0, BC)
+    mc = c < F
+    in_j = (j < T)[:, None] & mc[None, :]
+    in_jw = (j + W < T)[:, None] & mc[None, :]
+    lag = ((j >= W) & (j < T))[:, None] & mc[None, :]
+    S_j = _window_sum(g_ptr, gbase, sgt, j - W, c, T, mc, W, BT)  # S at rows j
+    S_jw = _window_sum(g_ptr, gbase, sgt, j, c, T, mc, W, BT)  # S at rows j + W
+    dk_j = tl.load(dk_ptr + base + j[:, None] * F + c[None, :], mask=lag, other=0.).to(tl.float32)
+    dk_jw = tl.load(dk_ptr + base + (j + W)[:, None] * F + c[None, :], mask=in_jw, other=0.).to(tl.float32)
+    fk_old = tl.load(fk_ptr + base + (j - W)[:, None] * F + c[None, :], mask=lag, other=0.).to(tl.float32)
+    fk_j = tl.load(fk_ptr + base + j[:, None] * F + c[None, :], mask=in_j, other=0.).to(tl.float32)
+    dfk = dk_jw * tl.exp(S_jw)
+    P_j = dk_j * fk_old * tl.exp(S_j)
+    P_jw = dfk * fk_j
+    carry = tl.sum(tl.where(tl.arange(0, BT)[:, None] >= BT - W, P_jw, 0.), axis=0)  # dg at row t0 + BT
+    dg = carry[None, :] + tl.cumsum(P_j - P_jw, axis=0, reverse=True)
+    tl.store(dfk_ptr + base + j[:, None] * F + c[None, :], dfk.to(dfk_ptr.dtype.element_ty), mask=in_j)
+    tl.store(dg_ptr + base + j[:, None] * F + c[None, :], dg.to(dg_ptr.dtype.element_ty), mask=in_j)
+
+
+def _launch(T, F, w):
+    BT = pow2_block(w)
+    BC = min(pow2_block(F), 64 if BT <= 64 else 32)
+    return BT, BC
+
+
+class LaggedKeys(torch.autograd.Function):
+    """k' = fk_{t-w} * exp(S_t) with its backward (dfk, dg); fk, g: [B, H, T, F] (g may be a strided
+    view with a unit last stride); dg comes back contiguous in g's dtype."""
+
+    @staticmethod
+    def forward(ctx, fk, g, window):
+        B, H, T, F = fk.shape
+        w = int(window)
+        fk = fk.contiguous()
+        if g.stride(-1) != 1:
+            g = g.contiguous()
+        kk = torch.empty_like(fk)
+        BT, BC = _launch(T, F, w)
+        _lagged_keys_kernel[(triton.cdiv(T, BT), B * H, triton.cdiv(F, BC))](
+            fk, g, kk, T, F, w, H, g.stride(0), g.stride(1), g.stride(2), BT=BT, BC=BC, num_warps=4)
+        ctx.save_for_backward(fk, g)
+        ctx.w = w
+        return kk
+
+    @staticmethod
+    def backward(ctx, dk):
+        fk, g = ctx.saved_tensors
+        B, H, T, F = fk.shape
+        w = ctx.w
+        dk = dk.contiguous()
+        dfk = torch.empty_like(fk)
+        dg = torch.empty(B, H, T, F, device=g.device, dtype=g.dtype)
+        BT, BC = _launch(T, F, w)
+        _lagged_keys_bwd_kernel[(triton.cdiv(T, BT), B * H, triton.cdiv(F, BC))](
+            fk, g, dk, dfk, dg, T, F, w, H, g.stride(0), g.stride(1), g.stride(2), BT=BT, BC=BC, num_warps=4)
+        return dfk, dg, None
+
+
+def lagged_keys_train(fk, v, g, window: int, ones: bool = True):
+    """Same contract as linearize.attention.hybrid.lagged_keys, with autograd: the gated keys through
+    ``LaggedKeys`` (one kernel each way instead of the compiled glue's cumsums, flips and pads), the
+    shifted values (and the keys without a gate) through PyTorch."""
+    from linearize.attention.hybrid import _shift
+
+    vv = torch.cat([v, torch.ones_like(v[..., :1])], -1) if ones else v
+    kk = _shift(fk, window) if g is None else LaggedKeys.apply(fk, g, window)
+    return kk, _shift(vv, window)
+
+
 def lagged_keys_triton(fk, v, g, window: int, ones: bool = True):
     """Same contract as linearize.attention.hybrid.lagged_keys, forward only (no autograd graph)."""
     B, H, T, F = fk.shape
@@ -71,8 +173,7 @@ def lagged_keys_triton(fk, v, g, window: int, ones: bool = True):
     # g is read through its strides: the gate arrives as a heads-first view of [B, T, H, F], and a
     # contiguous copy of it (fp32, 1.2 GB a layer at B16 x 16K) cost more than this kernel
     kk = torch.empty_like(fk)
-    BT = pow2_block(w)
-    BC = min(pow2_block(F), 64 if BT <= 64 else 32)
+    BT, BC = _launch(T, F, w)
     _lagged_keys_kernel[(triton.cdiv(T, BT), B * H, triton.cdiv(F, BC))](
         fk, g, kk, T, F, w, H, g.stride(0), g.stride(1), g.stride(2), BT=BT, BC=BC, num_warps=4)
     return kk, vv

@@ -272,6 +272,36 @@ def test_lagged_keys_kernel(T, F, V, W, gated, ones):
     assert torch.equal(vv, vv_ref)
 
 
+@pytest.mark.parametrize("T,F,W", [
+    (45, 24, 5),    # odd sizes; several row blocks, each reaching into the next for dfk and dg
+    (70, 40, 16),   # w = the row block
+    (9, 16, 12),    # T < w: no gradient reaches fk or g
+    (50, 16, 13),   # w not a power of two: row blocks of 16, w + block past T in the last ones
+])
+def test_lagged_keys_train_backward(T, F, W):
+    """kernels/lagged_keys.py's training op (LaggedKeys) against autograd through hybrid.lagged_keys:
+    k', v' and the gradients of fk, v and the gate (strong gates, a strided gate view as the gate
+    module gives it, random upstream gradients on both outputs)."""
+    from linearize.kernels.lagged_keys import lagged_keys_train
+
+    gen = torch.Generator().manual_seed(T * 3 + W)
+    B, H, V = 2, 3, 8
+    fk = torch.rand(B, H, T, F, generator=gen) + 0.1
+    v = torch.randn(B, H, T, V, generator=gen)
+    g = gate((B, H, T, F), gen, gmax=3.0).transpose(1, 2).contiguous().transpose(1, 2)
+    for x in (fk, v, g):
+        x.requires_grad_(True)
+    dk, dv = torch.randn(B, H, T, F, generator=gen), torch.randn(B, H, T, V + 1, generator=gen)
+    kk_ref, vv_ref = hybrid.lagged_keys(fk, v, g, W)
+    ref = torch.autograd.grad((kk_ref * dk).sum() + (vv_ref * dv).sum(), (fk, v, g))
+    kk, vv = lagged_keys_train(fk, v, g, W)
+    got = torch.autograd.grad((kk * dk).sum() + (vv * dv).sum(), (fk, v, g))
+    close(kk, kk_ref, tol=1e-5, what="k'")
+    assert torch.equal(vv, vv_ref)
+    for name, a_, b_ in zip(("dfk", "dv", "dg"), got, ref):
+        close(a_, b_, tol=1e-5, what=name)
+
+
 @pytest.mark.parametrize("kernels", ["fused", "stored"])
 def test_hybrid_chunked_no_grad_uses_lagged_kernel(kernels, monkeypatch):
     """Without autograd the hybrid takes its lagged keys from the Triton kernel; the output is the
