@@ -102,10 +102,16 @@ def _lagged_keys_bwd_kernel(fk_ptr, g_ptr, dk_ptr, dfk_ptr, dg_ptr, T, F, W, H, 
     tl.store(dg_ptr + base + j[:, None] * F + c[None, :], dg.to(dg_ptr.dtype.element_ty), mask=in_j)
 
 
-def _launch(T, F, w):
+def _launch(T, F, w, backward=False):
+    """(row block, feature block). The backward holds about eight [BT, BC] fp32 tiles: at BT = BC = 64
+    they spill (H100, SmolLM2 Lizard layer: 200 us against the forward's 58), so it takes half the
+    features."""
     BT = pow2_block(w)
     BC = min(pow2_block(F), 64 if BT <= 64 else 32)
-    return BT, BC
+    return BT, (min(BC, BWD_BC) if backward else BC)
+
+
+BWD_BC = 32  # the backward's feature block at most (a knob for benchmarks)
 
 
 class LaggedKeys(torch.autograd.Function):
@@ -135,7 +141,7 @@ class LaggedKeys(torch.autograd.Function):
         dk = dk.contiguous()
         dfk = torch.empty_like(fk)
         dg = torch.empty(B, H, T, F, device=g.device, dtype=g.dtype)
-        BT, BC = _launch(T, F, w)
+        BT, BC = _launch(T, F, w, backward=True)
         _lagged_keys_bwd_kernel[(triton.cdiv(T, BT), B * H, triton.cdiv(F, BC))](
             fk, g, dk, dfk, dg, T, F, w, H, g.stride(0), g.stride(1), g.stride(2), BT=BT, BC=BC, num_warps=4)
         return dfk, dg, None

@@ -3,7 +3,10 @@
     python -m linearize.bench_train --model smollm2-135m --batch 16 --seq 1024 [--method lizard] [--json out.json]
 
 On one random batch [batch, seq] it times, after warm-up, each of
-  teacher:  the original model, every parameter trainable, LM loss forward + backward;
+  teacher:  the original model, every parameter trainable, LM loss forward + backward (the issue's
+            reference: the teacher's plain step);
+  teacher_graph: the same step captured in a CUDA graph: the like-for-like peer of the *_graph rows
+            (the eager teacher is partly bound by the host, whose speed varied between lent machines);
   distill:  the converted model in mode "transfer", new parameters trainable, forward + backward
             of the summed per-layer transfer losses (the stage-1 step);
   finetune: the converted model with LoRA (r=8 on q/k/v/o) in mode "student", LM loss
@@ -51,7 +54,7 @@ def time_step(step, device: torch.device, warmup: int, iters: int) -> float:
     return times[len(times) // 2]
 
 
-STAGES = ("distill", "distill_graph", "finetune", "finetune_graph")
+STAGES = ("distill", "distill_graph", "finetune", "finetune_graph")  # the rows compared with the teacher
 
 
 def store_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:
@@ -116,6 +119,12 @@ def bench(model_name: str = "smollm2-135m", batch: int = 16, seq: int = 1024, me
         p.requires_grad_(True)
     t = time_step(wrap("teacher", run(lambda: model(**b, use_cache=False).loss)), dev, warmup, iters)
     out["teacher"] = {"step_s": t, "tokens_per_s": tokens / t}
+    if graph and dev.type == "cuda":
+        t = time_step(wrap("teacher_graph", run_graphed(model, lambda batch: model(**batch, use_cache=False).loss)),
+                      dev, warmup, iters)
+        out["teacher_graph"] = {"step_s": t, "tokens_per_s": tokens / t}
+        for p in model.parameters():
+            p.grad = None
 
     convert(model, LinearizeConfig(method=method, **(linearize_options or {})))
     model.to(dev)
@@ -141,9 +150,11 @@ def bench(model_name: str = "smollm2-135m", batch: int = 16, seq: int = 1024, me
         t = time_step(wrap("finetune_graph", run_graphed(peft_model, lambda batch: peft_model(**batch, use_cache=False).loss)),
                       dev, warmup, iters)
         out["finetune_graph"] = {"step_s": t, "tokens_per_s": tokens / t}
-    for k in STAGES:
+    for k in ("teacher_graph",) + STAGES:
         if k in out:
             out[k]["ratio_to_teacher"] = out[k]["tokens_per_s"] / out["teacher"]["tokens_per_s"]
+            if k.endswith("_graph") and k != "teacher_graph" and "teacher_graph" in out:
+                out[k]["ratio_to_teacher_graph"] = out[k]["tokens_per_s"] / out["teacher_graph"]["tokens_per_s"]
     if dev.type == "cuda":
         out["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
     return out
@@ -172,13 +183,14 @@ def main(argv: list[str] | None = None) -> dict:
         return res
     print(f"{res['model']} {res['method']}  batch {res['batch']} x seq {res['seq']}  {res['precision']}  "
           f"frozen weights {res['frozen_dtype']}  on {res['device']}")
-    print(f"{'':10s} {'tokens/s':>12s} {'step ms':>9s} {'vs teacher':>11s}")
-    for k in ("teacher",) + STAGES:
+    print(f"{'':14s} {'tokens/s':>12s} {'step ms':>9s} {'vs teacher':>11s} {'vs teacher_graph':>17s}")
+    for k in ("teacher", "teacher_graph") + STAGES:
         if k not in res:
             continue
         r = res[k]
         ratio = f"{r['ratio_to_teacher']:.2f}x" if "ratio_to_teacher" in r else "1.00x"
-        print(f"{k:10s} {r['tokens_per_s']:12.0f} {r['step_s'] * 1e3:9.1f} {ratio:>11s}")
+        ratio_g = f"{r['ratio_to_teacher_graph']:.2f}x" if "ratio_to_teacher_graph" in r else ""
+        print(f"{k:14s} {r['tokens_per_s']:12.0f} {r['step_s'] * 1e3:9.1f} {ratio:>11s} {ratio_g:>17s}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)
