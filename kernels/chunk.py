@@ -175,7 +175,8 @@ def _bwd_dh_kernel(q_ptr, do_ptr, gk_ptr, gv_ptr, dhT_ptr, dh_ptr, dh0_ptr, dden
             G, gkl = _chunk_gate(gk_ptr + bh * T * K, t, ok_, T, K)
             qc = (qc * tl.exp(G)).to(qc.dtype)
             dh = dh * tl.exp(gkl)[:, None]
-            dz = dz * tl.exp(gkl)
+            if ONES:
+                dz = dz * tl.exp(gkl)
         if HAS_GV:
             Gv, gvl = _chunk_gate(gv_ptr + bh * T * V, t, ov, T, V)
             dc = (dc * tl.exp(Gv)).to(dc.dtype)

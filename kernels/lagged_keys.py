@@ -120,17 +120,9 @@ class LaggedKeys(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, fk, g, window):
-        B, H, T, F = fk.shape
-        w = int(window)
-        fk = fk.contiguous()
-        if g.stride(-1) != 1:
-            g = g.contiguous()
-        kk = torch.empty_like(fk)
-        BT, BC = _launch(T, F, w)
-        _lagged_keys_kernel[(triton.cdiv(T, BT), B * H, triton.cdiv(F, BC))](
-            fk, g, kk, T, F, w, H, g.stride(0), g.stride(1), g.stride(2), BT=BT, BC=BC, num_warps=4)
+        kk, fk, g = _gated_lagged_keys(fk, g, int(window))
         ctx.save_for_backward(fk, g)
-        ctx.w = w
+        ctx.w = int(window)
         return kk
 
     @staticmethod
@@ -173,6 +165,12 @@ def lagged_keys_triton(fk, v, g, window: int, ones: bool = True):
         if T > w:
             kk[:, :, w:] = fk[:, :, :T - w]
         return kk, vv
+    return _gated_lagged_keys(fk, g, w)[0], vv
+
+
+def _gated_lagged_keys(fk, g, w: int):
+    """The forward kernel's launch: (k', fk and g as the kernel read them)."""
+    B, H, T, F = fk.shape
     fk = fk.contiguous()
     if g.stride(-1) != 1:
         g = g.contiguous()
@@ -182,4 +180,4 @@ def lagged_keys_triton(fk, v, g, window: int, ones: bool = True):
     BT, BC = _launch(T, F, w)
     _lagged_keys_kernel[(triton.cdiv(T, BT), B * H, triton.cdiv(F, BC))](
         fk, g, kk, T, F, w, H, g.stride(0), g.stride(1), g.stride(2), BT=BT, BC=BC, num_warps=4)
-    return kk, vv
+    return kk, fk, g
