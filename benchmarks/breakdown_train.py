@@ -27,7 +27,7 @@ from linearize.surgery import set_mode
 method = sys.argv[1] if len(sys.argv) > 1 else "lizard"
 B = int(sys.argv[2]) if len(sys.argv) > 2 else 16
 T = int(sys.argv[3]) if len(sys.argv) > 3 else 1024
-FROZEN = sys.argv[4] if len(sys.argv) > 4 else "bfloat16"  # the converted model's frozen weights
+FROZEN = sys.argv[4] if len(sys.argv) > 4 else "bfloat16"  # the converted model's frozen weights (bench's default)
 
 KINDS = (  # first match wins
     ("gla (chunk.py)", r"^_(fwd_h|fwd_o|bwd_dh|bwd_dqkv)_kernel"),

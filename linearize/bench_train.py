@@ -69,7 +69,7 @@ def store_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:
 def bench(model_name: str = "smollm2-135m", batch: int = 16, seq: int = 1024, method: str = "lizard",
           precision: str = "bf16", warmup: int = 2, iters: int = 5, device: str | None = None,
           gguf_file: str | None = None, linearize_options: dict | None = None, model=None, wrap=None,
-          graph: bool = True, frozen_dtype: str = "bfloat16") -> dict:
+          graph: bool = True, frozen_dtype: str | None = None) -> dict:
     """-> {"teacher": {tokens_per_s, step_s}, "distill": {..., ratio}, "finetune": {..., ratio}, ...}.
 
     ``model``: an already built fp32 model to use instead of loading ``model_name``; ``wrap(name, step)``
@@ -96,6 +96,8 @@ def bench(model_name: str = "smollm2-135m", batch: int = 16, seq: int = 1024, me
     tokens = batch * seq
     if not use_amp:  # without autocast every op computes in the weights' dtype: keep them all fp32
         frozen_dtype = "float32"
+    elif frozen_dtype is None:  # autocast's compute dtype
+        frozen_dtype = "bfloat16" if precision == "bf16" else "float16"
     out: dict = {"model": model_name, "method": method, "batch": batch, "seq": seq, "precision": precision if use_amp else "fp32",
                  "frozen_dtype": frozen_dtype,
                  "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
@@ -171,9 +173,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--device", default=None)
-    ap.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph rows (distill_graph, finetune_graph)")
-    ap.add_argument("--frozen-dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
-                    help="storage of the converted model's frozen weights (the smollm2 recipes' model.dtype)")
+    ap.add_argument("--no-graph", action="store_true",
+                    help="skip the CUDA-graph rows (teacher_graph, distill_graph, finetune_graph)")
+    ap.add_argument("--frozen-dtype", default=None, choices=("bfloat16", "float16", "float32"),
+                    help="storage of the converted model's frozen weights (default: autocast's dtype, as the "
+                         "smollm2 recipes' model.dtype leaves them)")
     ap.add_argument("--json", default=None, help="also write the result to this JSON file ('-' = stdout only JSON)")
     a = ap.parse_args(argv)
     res = bench(a.model, a.batch, a.seq, a.method, a.precision, a.warmup, a.iters, a.device, a.gguf_file,
