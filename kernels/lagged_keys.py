@@ -62,8 +62,8 @@ def _lagged_keys_kernel(fk_ptr, g_ptr, out_ptr, T, F, W, H, sgb, sgh, sgt, BT: t
 
 @triton.jit
 def _window_sum(g_ptr, gbase, sgt, rows, c, T, mc, W, BT: tl.constexpr):
-    """S at rows + W for a block of rows (S_t = sum of g over t-W+1..t), and the g tile at rows + W,
-    from the tiles at rows and rows + W (fp32 [BT, BC]; rows outside [0, T) read as 0)."""
+    """S at rows + W for a block of BT >= W rows (S_t = sum of g over t-W+1..t), fp32 [BT, BC], from
+    the g tiles at rows and rows + W (rows outside [0, T) read as 0)."""
     lo = rows
     hi = rows + W
     g_lo = tl.load(g_ptr + gbase + lo[:, None].to(tl.int64) * sgt + c[None, :],
@@ -142,12 +142,14 @@ class LaggedKeys(torch.autograd.Function):
 def lagged_keys_train(fk, v, g, window: int, ones: bool = True):
     """Same contract as linearize.attention.hybrid.lagged_keys, with autograd: the gated keys through
     ``LaggedKeys`` (one kernel each way instead of the compiled glue's cumsums, flips and pads), the
-    shifted values (and the keys without a gate) through PyTorch."""
-    from linearize.attention.hybrid import _shift
+    shifted values through PyTorch. Without a gate (Hedgehog) there is no window sum: the compiled
+    reference, as before."""
+    from linearize.attention.hybrid import _shift, lagged_keys
 
+    if g is None:
+        return lagged_keys(fk, v, None, window, ones)
     vv = torch.cat([v, torch.ones_like(v[..., :1])], -1) if ones else v
-    kk = _shift(fk, window) if g is None else LaggedKeys.apply(fk, g, window)
-    return kk, _shift(vv, window)
+    return LaggedKeys.apply(fk, g, window), _shift(vv, window)
 
 
 def lagged_keys_triton(fk, v, g, window: int, ones: bool = True):
