@@ -20,8 +20,9 @@ from torch.profiler import ProfilerActivity, profile
 
 import linearize.kernels  # noqa: F401
 from linearize import LinearizeConfig, convert
-from linearize.bench_train import bench, store_frozen
-from linearize.kernels.bench import smollm2_like
+from linearize.attention_transfer import freeze_all_but_new
+from linearize.bench_train import bench, store_frozen, time_step
+from linearize.kernels.bench import capture_graph, smollm2_like
 from linearize.surgery import set_mode
 
 method = sys.argv[1] if len(sys.argv) > 1 else "lizard"
@@ -69,36 +70,19 @@ def report(name: str, prof, wall_ms=None) -> None:
         by_kind[kind_of(n)] += us
     for kind, us in sorted(by_kind.items(), key=lambda x: -x[1]):
         print(f"  {kind:24s} {us / 1e3:8.2f} ms  {100 * us / total:5.1f} %")
-    print(f"  top kernels:")
+    print("  top kernels:")
     for n, (us, calls) in sorted(k.items(), key=lambda x: -x[1][0])[:45]:
         print(f"  {us / 1e3:8.2f} ms {calls:5d} x  [{kind_of(n)}] {n[:110]}")
 
 
 def graphed(fn):
     """fn captured in a CUDA graph (after two warm-up calls on a side stream) -> replay callable."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g.replay
+    return capture_graph([fn], warmup=2)
 
 
 def timed(name, replay, iters=10):
-    for _ in range(3):
-        replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        replay()
-    end.record()
-    torch.cuda.synchronize()
-    ms = start.elapsed_time(end) / iters
+    """Median ms of ``replay`` (bench_train's timer), then one profiled replay reported by kind."""
+    ms = time_step(replay, torch.device("cuda"), 3, iters) * 1e3
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         replay()
         torch.cuda.synchronize()
@@ -125,8 +109,6 @@ for p in student.parameters():
 store_frozen(student, getattr(torch, FROZEN))
 set_mode(student, "student")
 fwd["student_fwd"] = timed("student_fwd (no grad)", graphed(forward(student)))
-from linearize.attention_transfer import freeze_all_but_new  # noqa: E402
-
 freeze_all_but_new(student)
 store_frozen(student, getattr(torch, FROZEN))
 set_mode(student, "transfer")

@@ -88,18 +88,24 @@ def _bench_graph(make_call, nbytes, max_copies=32):
     the state and inputs (R copies' bytes >= 4x the L2), so every call reads from HBM as a real step
     does; the timer also flushes the L2 before each replay."""
     R = max(1, min(max_copies, -(-int(4 * L2_BYTES) // max(1, int(nbytes)))))
-    calls = [make_call(i) for i in range(R)]
+    return _bench(capture_graph([make_call(i) for i in range(R)])) / R
+
+
+def capture_graph(calls, warmup: int = 1):
+    """The calls, in order, captured in one CUDA graph after ``warmup`` rounds of them on a side stream
+    (compile, allocate, warm up outside the capture) -> the graph's replay callable."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # compile, allocate, warm up outside the capture
-        for c in calls:
-            c()
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            for c in calls:
+                c()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for c in calls:
             c()
-    return _bench(graph.replay) / R
+    return graph.replay
 
 
 def bench_decode(batches=(1, 16, 64), contexts=(4096, 32768, 131072), H=32, D=128, Hkv=8):

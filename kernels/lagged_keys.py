@@ -144,12 +144,11 @@ def lagged_keys_train(fk, v, g, window: int, ones: bool = True):
     ``LaggedKeys`` (one kernel each way instead of the compiled glue's cumsums, flips and pads), the
     shifted values through PyTorch. Without a gate (Hedgehog) there is no window sum: the compiled
     reference, as before."""
-    from linearize.attention.hybrid import _shift, lagged_keys
+    from linearize.attention.hybrid import lagged_keys, lagged_values
 
     if g is None:
         return lagged_keys(fk, v, None, window, ones)
-    vv = torch.cat([v, torch.ones_like(v[..., :1])], -1) if ones else v
-    return LaggedKeys.apply(fk, g, window), _shift(vv, window)
+    return LaggedKeys.apply(fk, g, window), lagged_values(v, window, ones)
 
 
 def lagged_keys_triton(fk, v, g, window: int, ones: bool = True):

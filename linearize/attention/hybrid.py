@@ -82,12 +82,18 @@ def lagged_keys(fk, v, g, window, ones: bool = True):
     """The linear half's GLA inputs: keys shifted by w carrying their in-window decay, and
     values with a ones column for the normaliser. Returns (k' [B,H,T,F], v' [B,H,T,V+1]);
     ``ones=False``: v' without that column, [B,H,T,V] (for a kernel that adds it itself)."""
-    # a padded step carries fk = 0, so its ones column never reaches the state
-    vv = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1) if ones else v
     k_shift = _shift(fk, window)
     if g is not None:
         k_shift = k_shift * window_sums(g, window).exp().to(fk.dtype)
-    return k_shift, _shift(vv, window)
+    return k_shift, lagged_values(v, window, ones)
+
+
+def lagged_values(v, window, ones: bool = True):
+    """lagged_keys' v': [B, H, T, V] -> v_{t-w} (zeros for t < w), with a ones column appended first
+    when ``ones``."""
+    # a padded step carries fk = 0, so its ones column never reaches the state
+    vv = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1) if ones else v
+    return _shift(vv, window)
 
 
 def window_sums(g, window):
