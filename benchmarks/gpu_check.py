@@ -276,6 +276,76 @@ def rmsnorm_kernel():
     return out
 
 
+def training_kernels():
+    """Stage 2's kernels in bf16 at SmolLM2's training shapes (16 x 1024): RMSNorm's and RoPE's
+    backward against fp32 autograd through the references, the LM loss (kernels/cross_entropy.py via
+    linearize.lm_loss) against HF's full-logits loss in value and dh; with times of ours and of the
+    eager references, forward + backward."""
+    from linearize.attention.base import rope_head_major
+    from linearize.kernels.rmsnorm import rms_norm_triton
+    from linearize.kernels.rope import rope_head_major_triton
+    from linearize.lm_loss import lm_loss
+    from linearize.rmsnorm import rms_norm
+
+    torch.manual_seed(8)
+    out = {}
+    B, T, N = 16, 1024, 576
+    x = (torch.randn(B, T, N, device=dev) * 3).bfloat16().requires_grad_()
+    w = (1 + 0.1 * torch.randn(N, device=dev)).bfloat16().requires_grad_()
+    dy = torch.randn(B, T, N, device=dev).bfloat16()
+    xf, wf = x.detach().float().requires_grad_(), w.detach().float().requires_grad_()
+    ref = torch.autograd.grad((rms_norm(xf, wf, 1e-5) * dy.float()).sum(), (xf, wf))
+    got = torch.autograd.grad((rms_norm_triton(x, w, 1e-5) * dy).sum(), (x, w))
+    out["rmsnorm_dx"], out["rmsnorm_dw"] = rel(got[0], ref[0]), rel(got[1], ref[1])
+    wz = w.detach()  # frozen, as in stage 2
+    for label, fn in (("ms_rmsnorm_fwd_bwd", rms_norm_triton), ("ms_rmsnorm_fwd_bwd_eager", rms_norm)):
+        out[label] = ms(lambda: torch.autograd.grad((fn(x, wz, 1e-5) * dy).sum(), (x,)))
+
+    H, Hkv, D = 9, 3, 64
+    q = torch.randn(B, T, H * D, device=dev).bfloat16().requires_grad_()
+    k = torch.randn(B, T, Hkv * D, device=dev).bfloat16().requires_grad_()
+    ang = torch.arange(T, device=dev)[:, None] * (10000 ** (-torch.arange(D // 2, device=dev) / (D // 2)))[None]
+    cos, sin = torch.cat([ang.cos()] * 2, -1)[None], torch.cat([ang.sin()] * 2, -1)[None]
+    dq, dk = torch.randn(B, H, T, D, device=dev).bfloat16(), torch.randn(B, Hkv, T, D, device=dev).bfloat16()
+    qf, kf = q.detach().float().requires_grad_(), k.detach().float().requires_grad_()
+
+    def rope_loss(fn, a, b, c, s):
+        q2, k2 = fn(a.view(B, T, H, D), b.view(B, T, Hkv, D), c, s)
+        return (q2 * dq.to(q2.dtype)).sum() + (k2 * dk.to(k2.dtype)).sum()
+    ref = torch.autograd.grad(rope_loss(rope_head_major, qf, kf, cos, sin), (qf, kf))
+    got = torch.autograd.grad(rope_loss(rope_head_major_triton, q, k, cos.bfloat16(), sin.bfloat16()), (q, k))
+    out["rope_dq"], out["rope_dk"] = rel(got[0], ref[0]), rel(got[1], ref[1])
+    for label, fn in (("ms_rope_fwd_bwd", rope_head_major_triton), ("ms_rope_fwd_bwd_eager", rope_head_major)):
+        out[label] = ms(lambda: torch.autograd.grad(rope_loss(fn, q, k, cos.bfloat16(), sin.bfloat16()), (q, k)))
+
+    V = 49152
+    h = torch.randn(B, T, N, device=dev).bfloat16().requires_grad_()
+    W = (torch.randn(V, N, device=dev) * N ** -0.5).bfloat16()
+    labels = torch.randint(0, V, (B, T), device=dev)
+    labels[:, :100] = -100
+
+    def hf(hh):
+        lg = (hh @ W.t()).float()
+        lab = torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
+        return torch.nn.functional.cross_entropy(lg.reshape(-1, V), lab.reshape(-1), ignore_index=-100)
+    hf32 = h.detach().float().requires_grad_()
+    with torch.no_grad():
+        W32 = W.float()
+    lg32 = hf32 @ W32.t()
+    lab = torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
+    l_ref = torch.nn.functional.cross_entropy(lg32.reshape(-1, V), lab.reshape(-1), ignore_index=-100)
+    (g_ref,) = torch.autograd.grad(l_ref, (hf32,))
+    l_got = lm_loss(h, W, labels)
+    (g_got,) = torch.autograd.grad(l_got, (h,))
+    l_hf = hf(h)
+    (g_hf,) = torch.autograd.grad(l_hf, (h,))
+    out["lm_loss"], out["lm_loss_dh"] = rel(l_got, l_ref), rel(g_got, g_ref)
+    out["hf_bf16_loss"], out["hf_bf16_dh"] = rel(l_hf, l_ref), rel(g_hf, g_ref)  # the bar: HF's own bf16 error
+    out["ms_lm_loss_fwd_bwd"] = ms(lambda: torch.autograd.grad(lm_loss(h, W, labels), (h,)))
+    out["ms_lm_loss_fwd_bwd_hf"] = ms(lambda: torch.autograd.grad(hf(h), (h,)))
+    return out
+
+
 def gla_prefill_tail():
     """The stored-state GLA forward at one prefill layer (B16 x 9 heads x 16K, K 128, V 65, key gate),
     no autograd: the normaliser column in the first value block (TAIL_COLUMN) against a block of
@@ -321,6 +391,7 @@ if __name__ == "__main__":
     check("feature_map_compiled_bf16_vs_fp32", feature_map_compiled)
     check("feature_map_kernel_bf16_vs_fp32", feature_map_kernel)
     check("rmsnorm_kernel_bf16_vs_eager", rmsnorm_kernel)
+    check("training_kernels_bf16_vs_fp32", training_kernels)
     check("gla_prefill_tail_column", gla_prefill_tail)
     check("gsa_chunk_and_steps_bf16", gsa_chunk_and_steps)
     check("fast_generate_graph_vs_hf_fp32", generate_graph_equals_hf)

@@ -7,9 +7,10 @@ Importing this package registers, with ``linearize.attention.dispatch``:
     ("hybrid", "chunked")  chunk.hybrid_chunked_triton linear half in Triton GLA (fwd + bwd)
     ("hybrid", "continue") chunk.hybrid_chunked_continue_triton   the same from a state (segmented prefill)
     ("gsa", "chunked")     chunk.gsa_chunked_triton    both GLA passes in Triton (fwd + bwd)
-    ("rope", "head_major") rope.rope_head_major_triton RoPE + heads-first layout in one pass (no autograd)
+    ("rope", "head_major") rope.rope_head_major_triton RoPE + heads-first layout in one pass (and its backward)
     ("hedgehog", "features") feature_map.hedgehog_features_triton  the feature map in one pass (no autograd)
-    ("rmsnorm", "forward") rmsnorm.rms_norm_triton     the families' RMSNorm in one pass (no autograd)
+    ("rmsnorm", "forward") rmsnorm.rms_norm_triton     the families' RMSNorm in one pass (and its backward)
+    ("lm_loss", "softmax_grad") cross_entropy.softmax_grad_rows_triton  the LM loss's softmax gradient, in place
 
 each for CUDA tensors only; anything else (CPU, no Triton) keeps the PyTorch reference.
 LINEARIZE_KERNELS=0 forces the references everywhere.
@@ -48,12 +49,13 @@ def register_all() -> bool:
         return False
     from linearize.attention import dispatch
 
-    from . import chunk, decode, feature_map, rmsnorm, rope
+    from . import chunk, cross_entropy, decode, feature_map, rmsnorm, rope
 
     table = (
         ("rope", "head_major", rope.rope_head_major_triton, lambda **kw: rope.supports(**kw)),
         ("hedgehog", "features", feature_map.hedgehog_features_triton, lambda **kw: feature_map.supports(**kw)),
         ("rmsnorm", "forward", rmsnorm.rms_norm_triton, lambda **kw: rmsnorm.supports(**kw)),
+        ("lm_loss", "softmax_grad", cross_entropy.softmax_grad_rows_triton, lambda **kw: cross_entropy.supports(**kw)),
         ("hybrid", "step", decode.hybrid_step_triton, _hybrid_step_when),
         ("gsa", "step", decode.gsa_step_triton, _gsa_when),
         ("hybrid", "chunked", chunk.hybrid_chunked_triton, _hybrid_step_when),

@@ -9,8 +9,9 @@ On one random batch [batch, seq] it times, after warm-up, each of
             (the eager teacher is partly bound by the host, whose speed varied between lent machines);
   distill:  the converted model in mode "transfer", new parameters trainable, forward + backward
             of the summed per-layer transfer losses (the stage-1 step);
-  finetune: the converted model with LoRA (r=8 on q/k/v/o) in mode "student", LM loss
-            forward + backward (the stage-2 step);
+  finetune: the converted model with LoRA (r=8 on q/k/v/o) in mode "student", forward + backward
+            of stage 2's loss (``finetune.make_finetune_loss``, the recipe defaults: the LM loss,
+            from the hidden states in chunks; the stage-2 step);
   *_graph:  the same two steps captured in a CUDA graph and replayed (``linearize.cuda_graph_step``),
             as training runs them on one GPU;
 with the converted model's frozen weights stored in ``frozen_dtype`` (the trainable ones stay fp32),
@@ -77,7 +78,7 @@ def bench(model_name: str = "smollm2-135m", batch: int = 16, seq: int = 1024, me
     from . import convert
     from .attention_transfer import freeze_all_but_new, linear_attentions, make_transfer_loss
     from .cuda_graph_step import GraphedStep
-    from .finetune import add_lora
+    from .finetune import add_lora, make_finetune_loss
     from .surgery import set_mode
     from .training import build_model
 
@@ -146,10 +147,11 @@ def bench(model_name: str = "smollm2-135m", batch: int = 16, seq: int = 1024, me
     peft_model = add_lora(model, FinetuneConfig())
     peft_model.to(dev)
     store_frozen(peft_model, getattr(torch, frozen_dtype))
-    t = time_step(wrap("finetune", run(lambda: peft_model(**b, use_cache=False).loss)), dev, warmup, iters)
+    ft_loss = make_finetune_loss(peft_model, FinetuneConfig())  # what stage 2 trains on
+    t = time_step(wrap("finetune", run(lambda: ft_loss(peft_model, b)[0])), dev, warmup, iters)
     out["finetune"] = {"step_s": t, "tokens_per_s": tokens / t}
     if graph and dev.type == "cuda":
-        t = time_step(wrap("finetune_graph", run_graphed(peft_model, lambda batch: peft_model(**batch, use_cache=False).loss)),
+        t = time_step(wrap("finetune_graph", run_graphed(peft_model, lambda batch: ft_loss(peft_model, batch)[0])),
                       dev, warmup, iters)
         out["finetune_graph"] = {"step_s": t, "tokens_per_s": tokens / t}
     for k in ("teacher_graph",) + STAGES:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import IGNORE_INDEX
+from .lm_loss import lm_loss
 from .recipes import FinetuneConfig, RunConfig, steps_for
 from .training import TrainResult, recipe_identity, train
 
@@ -40,12 +41,25 @@ def add_lora(model: torch.nn.Module, cfg: FinetuneConfig):
         task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, lcfg)
+    for m in peft_model.modules():
+        if hasattr(m, "cast_input_dtype_enabled"):
+            m.register_forward_pre_hook(_cast_input_unless_autocast)
     if cfg.train_new_params:
         from . import new_parameters
 
         for _, p in new_parameters(peft_model.get_base_model()):
             p.requires_grad_(True)
     return peft_model
+
+
+def _cast_input_unless_autocast(module, args) -> None:
+    """PEFT casts a LoRA layer's input to the adapter's dtype (fp32) before ``lora_A``. Under autocast
+    the matmul casts it straight back to bf16, so that round trip (exact: a bf16 value is an fp32
+    one) was two copies of the layer's input per projection, forward and backward alike; without
+    autocast the cast stays, since bf16 frozen weights and fp32 adapters then need it."""
+    x = args[0] if args else None
+    if torch.is_tensor(x):
+        module.cast_input_dtype_enabled = not torch.is_autocast_enabled(x.device.type)
 
 
 def _kl_rows(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -77,6 +91,23 @@ def kd_loss(student_logits, teacher_logits, labels, temperature: float = 1.0, ch
     return total / weight.sum().clamp_min(1.0) * temperature**2
 
 
+def chunked_head(peft_model, model, cfg: FinetuneConfig):
+    """The LM head (an ``nn.Linear`` without bias) when the loss may come from ``linearize.lm_loss``,
+    else None: it needs no full logits (no logit distillation), a head PEFT left alone, and the
+    head's whole weight outside the forward (not FSDP, whose wrapper shards it)."""
+    if not torch.is_grad_enabled():  # evaluation: HF's loss, no gradient work in the forward
+        return None
+    if not cfg.chunked_lm_loss or cfg.distill_weight > 0:
+        return None
+    name = type(model).__name__
+    if "FullyShardedDataParallel" in name or name.startswith("FSDP"):
+        return None
+    head = peft_model.get_base_model().get_output_embeddings()
+    if type(head) is not torch.nn.Linear or head.bias is not None or type(head.weight) is not torch.nn.Parameter:
+        return None
+    return head
+
+
 def make_finetune_loss(peft_model, cfg: FinetuneConfig):
     """loss_fn(model, batch) -> (loss, {"lm_loss", "kd_loss"}).
 
@@ -96,11 +127,17 @@ def make_finetune_loss(peft_model, cfg: FinetuneConfig):
                 teacher_logits = model(
                     input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
                 ).logits
-        out = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"], use_cache=False
-        )
-        loss = cfg.lm_weight * out.loss
-        extras["lm_loss"] = out.loss.detach()
+        head = chunked_head(peft_model, model, cfg)
+        if head is not None:  # hidden states in, loss out: the [B, T, vocab] logits are never made
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                        output_hidden_states=True, logits_to_keep=1)
+            lm = lm_loss(out.hidden_states[-1], head.weight, batch["labels"])
+        else:
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                        use_cache=False)
+            lm = out.loss
+        loss = cfg.lm_weight * lm
+        extras["lm_loss"] = lm.detach()
         if teacher_logits is not None:
             kd = kd_loss(out.logits, teacher_logits, batch["labels"], cfg.distill_temperature)
             loss = loss + cfg.distill_weight * kd

@@ -155,6 +155,9 @@ class FinetuneConfig(StageConfig):
     distill_temperature: softmax temperature of that KL.
     lm_weight:        weight of the next-token cross-entropy.
     save_merged:      also write the merged (LoRA folded in) model.
+    chunked_lm_loss:  compute the LM loss from the last hidden states in row chunks (linearize.lm_loss)
+                      instead of HF's full logits, where it applies (no logit distillation, a plain
+                      LM head, no FSDP); the same loss, less memory traffic.
     """
 
     lr: float = 1e-4
@@ -167,6 +170,7 @@ class FinetuneConfig(StageConfig):
     distill_temperature: float = 1.0
     lm_weight: float = 1.0
     save_merged: bool = True
+    chunked_lm_loss: bool = True
 
 
 @dataclass

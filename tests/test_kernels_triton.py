@@ -495,6 +495,33 @@ def test_rope_head_major_kernel(B, T, H, Hkv, D, cos_batch):
     close(k2, k_ref, tol=1e-6, what="k")
 
 
+@pytest.mark.parametrize("B,T,H,Hkv,D,cos_batch", [(2, 37, 4, 2, 16, 1), (3, 70, 3, 1, 24, 3)])
+def test_rope_head_major_backward(B, T, H, Hkv, D, cos_batch):
+    """RopeHeadMajor's gradients (the transposed rotation, written back in the projections' layout)
+    against autograd through base.rope_head_major, with random upstream gradients that arrive both
+    contiguous and as a strided view; and with k outside autograd, q's gradient alone."""
+    from linearize.attention.base import rope_head_major
+    from linearize.kernels.rope import rope_head_major_triton
+
+    gen = torch.Generator().manual_seed(T + 1)
+    qf = torch.randn(B, T, H * D, generator=gen).requires_grad_()
+    kf = torch.randn(B, T, Hkv * D, generator=gen).requires_grad_()
+    ang = torch.rand(cos_batch, T, D // 2, generator=gen) * 6
+    cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
+    dq = torch.randn(B, H, T, D, generator=gen)
+    dk = torch.randn(B, T, Hkv, D, generator=gen).transpose(1, 2)  # strided upstream gradient
+    grads = []
+    for fn in (rope_head_major, rope_head_major_triton):
+        q2, k2 = fn(qf.view(B, T, H, D), kf.view(B, T, Hkv, D), cos, sin)
+        grads.append(torch.autograd.grad((q2 * dq).sum() + (k2 * dk).sum(), (qf, kf)))
+    close(grads[1][0], grads[0][0], tol=1e-5, what="dq")
+    close(grads[1][1], grads[0][1], tol=1e-5, what="dk")
+    kc = kf.detach()  # k without autograd: only q's gradient is asked for
+    q2, k2 = rope_head_major_triton(qf.view(B, T, H, D), kc.view(B, T, Hkv, D), cos, sin)
+    (g,) = torch.autograd.grad((q2 * dq).sum(), (qf,))
+    close(g, grads[0][0], tol=1e-5, what="dq, k without grad")
+
+
 @pytest.mark.parametrize("B,H,T,D,F,strided", [(2, 3, 37, 16, 16, False), (3, 2, 70, 24, 20, True), (2, 2, 1, 16, 16, False)])
 def test_hedgehog_features_kernel(B, H, T, D, F, strided):
     """kernels/feature_map.py against feature_maps.hedgehog_features: a random (not identity) map and
@@ -555,3 +582,66 @@ def test_rmsnorm_kernel(shape, dtype, wdtype, strided):
     out = rms_norm_triton(x, w, 1e-5)
     assert out.shape == ref.shape and out.dtype == ref.dtype and out.is_contiguous()
     close(out, ref, tol=1e-5 if dtype == torch.float32 else 2 ** -7, what="rmsnorm")
+
+
+@pytest.mark.parametrize("shape,dtype,wdtype,strided,w_grad", [
+    ((2, 37, 24), torch.float32, torch.float32, False, True),
+    ((3, 5, 576), torch.float32, torch.float32, True, True),
+    ((4, 9, 48), torch.bfloat16, torch.bfloat16, False, False),
+    ((4, 9, 48), torch.bfloat16, torch.float32, False, True),
+])
+def test_rmsnorm_backward(shape, dtype, wdtype, strided, w_grad):
+    """RMSNormFunction's dx and dw against autograd through linearize.rmsnorm.rms_norm: odd row
+    counts, SmolLM2's 576, strided rows, a frozen weight (no dw computed). fp32 1e-5; bf16 inputs
+    2^-6 relative to the largest gradient (the reference rounds its intermediates to bf16, the
+    kernel computes in fp32 and rounds once)."""
+    from linearize.kernels.rmsnorm import rms_norm_triton
+    from linearize.rmsnorm import rms_norm
+
+    gen = torch.Generator().manual_seed(shape[-1] + 1)
+    if strided:
+        base = (torch.randn(*shape[:-1], shape[-1] + 7, generator=gen) * 3).to(dtype).requires_grad_()
+        x = base[..., 3:3 + shape[-1]]
+        leaf = base
+    else:
+        leaf = x = (torch.randn(*shape, generator=gen) * 3).to(dtype).requires_grad_()
+    w = (torch.randn(shape[-1], generator=gen) * 0.5 + 1).to(wdtype).requires_grad_(w_grad)
+    dy = torch.randn(*shape, generator=gen).to(torch.promote_types(dtype, wdtype))
+    wanted = (leaf, w) if w_grad else (leaf,)
+    ref = torch.autograd.grad((rms_norm(x, w, 1e-5).float() * dy.float()).sum(), wanted)
+    out = torch.autograd.grad((rms_norm_triton(x, w, 1e-5).float() * dy.float()).sum(), wanted)
+    tol = 1e-5 if dtype == torch.float32 else 2 ** -6
+    close(out[0], ref[0], tol=tol, what="dx")
+    if w_grad:
+        close(out[1], ref[1], tol=tol, what="dw")
+
+
+@pytest.mark.parametrize("n,V,BV", [(7, 37, None), (5, 300, 64), (3, 4096 + 5, None)])
+def test_softmax_grad_kernel(n, V, BV, monkeypatch):
+    """kernels/cross_entropy.py against lm_loss.softmax_grad_rows: the rows overwritten with
+    softmax - onehot and the per-row loss, ignored targets (zero rows, zero loss), targets at both
+    ends of the vocabulary, rows strided in memory, V not a multiple of the block (one block, several
+    blocks with a ragged tail). fp32, 1e-5 relative to the largest entry."""
+    from linearize.data import IGNORE_INDEX
+    from linearize.kernels import cross_entropy
+    from linearize.lm_loss import softmax_grad_rows
+
+    gen = torch.Generator().manual_seed(n * V)
+    base = torch.randn(n, V + 3, generator=gen) * 4
+    t = torch.randint(0, V, (n,), generator=gen)
+    t[0], t[-1] = 0, V - 1
+    t[1] = IGNORE_INDEX
+    if BV is not None:  # several blocks per row at a small width
+        real = cross_entropy._softmax_grad_kernel
+
+        class Small:
+            def __getitem__(self, grid):
+                return lambda *a, **kw: real[grid](*a, **{**kw, "BV": BV})
+        monkeypatch.setattr(cross_entropy, "_softmax_grad_kernel", Small())
+    ref_x = base[:, :V].clone()
+    ref_loss = softmax_grad_rows(ref_x, t)
+    x = base.clone()[:, :V]  # row stride V + 3
+    loss = cross_entropy.softmax_grad_rows_triton(x, t)
+    close(loss, ref_loss, tol=1e-5, what="loss")
+    close(x, ref_x, tol=1e-5, what="gradient rows")
+    assert loss[1].item() == 0 and x[1].abs().max().item() == 0

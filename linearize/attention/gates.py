@@ -39,7 +39,9 @@ class LowRankGate(nn.Module):
 
 @fused
 def squash(z, gate_max: float, num_heads: int):
-    """z: [B, T, H * C] gate logits -> g = -gate_max * sigmoid(z) as [B, H, T, C] float32."""
+    """z: [B, T, H * C] gate logits -> g = -gate_max * sigmoid(z) as [B, H, T, C] float32, contiguous."""
     B, T, _ = z.shape
     g = -gate_max * torch.sigmoid(z.float())
-    return g.view(B, T, num_heads, -1).transpose(1, 2)
+    # contiguous here, where Inductor writes the heads-first layout in the same kernel: the GLA and
+    # lagged-keys kernels want it, and a transposed view cost a 75 MB copy per layer (stage 1)
+    return g.view(B, T, num_heads, -1).transpose(1, 2).contiguous()
