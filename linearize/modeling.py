@@ -62,9 +62,14 @@ def _make_family(family: str, config_cls, model_cls):
                 past_key_values = LinearizedCache.for_model(self)  # replaces generate's empty DynamicCache
             elif past_key_values is not None and not isinstance(past_key_values, LinearizedCache):
                 raise TypeError(f"a linearized model continues only a LinearizedCache, got {type(past_key_values).__name__}")
+            # decided once here, not once per layer (a device sync each): a [B, T] bool of the real
+            # tokens, or False when none is padded. False matters under CUDA-graph capture: HF then
+            # builds a 4-D causal mask the layers could not check without syncing the host
             padding = None
-            if attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask.all()):
-                padding = attention_mask.bool()  # decided once here, not once per layer (a device sync each)
+            if attention_mask is None:
+                padding = False
+            elif attention_mask.dim() == 2:
+                padding = False if bool(attention_mask.all()) else attention_mask.bool()
             if all(linear_layer_flags(self)):
                 attention_mask = None  # nothing would read the 4-D mask: skip building it
             return super().forward(

@@ -42,3 +42,29 @@ def test_checkpoint_saved_by_another_method_is_refused(tiny_llama, tmp_path):
 def test_auto_config_knows_every_family():
     for family in ("llama", "mistral", "qwen2"):
         assert AutoConfig.for_model(f"linearized_{family}").linearize["method"] == LinearizeConfig().method
+
+
+def test_unpadded_batches_skip_the_mask(tiny_llama, monkeypatch):
+    """The model's forward decides padding once: with no mask or an all-ones one the layers take
+    "nothing padded" as given and never read HF's 4-D mask (under CUDA-graph capture HF builds one
+    they could not check without a host sync; reading it made every graphed training step run the
+    padded code: masked SDPA, masked keys and gates). A padded batch still reaches them, and its
+    real rows come out as when run alone."""
+    from linearize.attention import base
+
+    model = convert(tiny_llama, LinearizeConfig(method="lizard", softmax_layers=[1], **SMALL)).eval()
+    perturb_new_parameters(model)
+    seen = []
+    real = base.padding_from_mask
+    monkeypatch.setattr(base, "padding_from_mask", lambda m, T: seen.append(m) or real(m, T))
+    x = torch.randint(0, 211, (2, 19), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a = model(x).logits
+        b = model(x, attention_mask=torch.ones_like(x)).logits
+        assert seen == [] and torch.equal(a, b)
+        mask = torch.ones_like(x)
+        mask[1, :5] = 0  # left padding
+        c = model(x, attention_mask=mask).logits
+        alone = model(x[1:, 5:], position_ids=torch.arange(5, 19)[None]).logits  # the same positions
+    assert len(seen) > 0 and all(m is not None and m.dim() == 2 for m in seen)
+    assert torch.allclose(c[0], a[0], atol=1e-5) and torch.allclose(c[1, 5:], alone[0], atol=1e-4)

@@ -144,7 +144,10 @@ class LinearizedAttention(nn.Module):
                 linearize_padding_mask=None, cache=None, **kwargs):
         past_key_values = pick_cache(cache, past_key_values)  # transformers >= 5.24 passes `cache`
         T = hidden_states.shape[1]
-        valid = padding_from_mask(linearize_padding_mask if linearize_padding_mask is not None else attention_mask, T)
+        if linearize_padding_mask is False:  # the model's forward saw no padding (see modeling.py)
+            valid = None
+        else:
+            valid = padding_from_mask(linearize_padding_mask if linearize_padding_mask is not None else attention_mask, T)
         if self.mode not in MODES:
             raise ValueError(f"unknown attention mode {self.mode!r}: one of {MODES}")
         if self.mode == "transfer":
