@@ -1,10 +1,10 @@
-"""Which lines of code launch the training steps' GPU time: one eager call of each step of
-``linearize.bench_train`` (teacher, distill, finetune) profiled with Python stacks, on SmolLM2-135M's
+"""Which ops launch the training steps' GPU time: one eager call of each step of
+``linearize.bench_train`` (teacher, distill, finetune) profiled with input shapes, on SmolLM2-135M's
 shape (random weights), batch 16 x 1024, bf16 autocast, frozen weights in bf16.
 
 breakdown_train.py says which kinds of kernels fill the graphed steps; the graphs hide who launched
 them. The eager steps launch the same kernels, so here each op's own CUDA time is summed by
-(op, input shapes, the innermost frames of linearize / transformers / peft code that called it).
+(op, input shapes, where it ran: the autograd node of a backward op, the enclosing ops of a forward one).
 
     python3 benchmarks/attribute_train.py [method] [batch] [seq] [rows]
 """
@@ -12,31 +12,30 @@ import sys
 from collections import defaultdict
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity
 
 import linearize.kernels  # noqa: F401
-from linearize.bench_train import bench
+from linearize.bench_train import bench, profile_nth_call
 from linearize.kernels.bench import smollm2_like
 
 method = sys.argv[1] if len(sys.argv) > 1 else "lizard"
 B = int(sys.argv[2]) if len(sys.argv) > 2 else 16
 T = int(sys.argv[3]) if len(sys.argv) > 3 else 1024
 ROWS = int(sys.argv[4]) if len(sys.argv) > 4 else 40
-OURS = ("linearize/", "kernels/", "transformers/", "peft/", "torch/nn/functional", "torch/_tensor")
 
 
-def frames(e, n=3):
-    """Where op ``e`` was called: the innermost ``n`` Python frames of our / HF / PEFT code among its
-    ancestors ('file.py(line): fn', no path), or for a backward op the autograd node that ran it.
-    (The kineto profiler leaves ``e.stack`` empty; the Python frames are ancestors in its tree.)"""
-    keep, p = [], e.cpu_parent
-    while p is not None and len(keep) < n:
-        if "Backward" in p.name and not keep:
+def frames(e, n=2):
+    """Where op ``e`` was called: for a backward op the autograd node that ran it ("bwd: MulBackward0"),
+    else its ``n`` nearest enclosing ops ("fwd: aten::to < aten::_to_copy"). (Kineto leaves
+    ``e.stack`` empty here, and without Python tracing no source frames are among the ancestors.)"""
+    names, p = [], e.cpu_parent
+    while p is not None:
+        if "Backward" in p.name:
             return "bwd: " + p.name.replace("autograd::engine::evaluate_function: ", "")
-        if any(s in p.name for s in OURS):
-            keep.append(p.name.split("/")[-1])
+        if len(names) < n:
+            names.append(p.name)
         p = p.cpu_parent
-    return " < ".join(keep) or "?"
+    return "fwd: " + " < ".join(names) if names else "fwd: top level"
 
 
 def report(name, prof):
@@ -63,21 +62,9 @@ def report(name, prof):
         print(f"  {us / 1e3:8.2f} ms {n:4d} x {op[:40]:40s} {shapes:70s} {site[:110]}")
 
 
-def wrap(name, step):
-    if name not in ("teacher", "distill", "finetune"):
-        return step
-    calls = [0]
-
-    def profiled():
-        calls[0] += 1
-        if calls[0] != 3:
-            return step()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True,
-                     with_stack=True) as prof:
-            step()
-            torch.cuda.synchronize()
-        report(f"{name} ({method}, {B}x{T}, eager)", prof)
-    return profiled
+wrap = profile_nth_call(("teacher", "distill", "finetune"),
+                        lambda name, prof: report(f"{name} ({method}, {B}x{T}, eager)", prof),
+                        activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True)
 
 
 model, _ = smollm2_like(None, "cuda", torch.float32)

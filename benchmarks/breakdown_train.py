@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 import linearize.kernels  # noqa: F401
 from linearize import LinearizeConfig, convert
 from linearize.attention_transfer import freeze_all_but_new
-from linearize.bench_train import bench, store_frozen, time_step
+from linearize.bench_train import bench, profile_nth_call, store_frozen, time_step
 from linearize.kernels.bench import capture_graph, smollm2_like
 from linearize.surgery import set_mode
 
@@ -117,20 +117,9 @@ del student, model
 torch.cuda.empty_cache()
 
 
-def wrap(name, step):
-    if name not in ("teacher", "distill_graph", "finetune_graph"):
-        return step
-    calls = [0]
-
-    def profiled():
-        calls[0] += 1
-        if calls[0] != 3:
-            return step()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            step()
-            torch.cuda.synchronize()
-        report(f"{name} ({method}, {B}x{T})", prof)
-    return profiled
+wrap = profile_nth_call(("teacher", "distill_graph", "finetune_graph"),
+                        lambda name, prof: report(f"{name} ({method}, {B}x{T})", prof),
+                        activities=[ProfilerActivity.CUDA])
 
 
 model, _ = smollm2_like(None, "cuda", torch.float32)

@@ -7,10 +7,10 @@ CUDA kernels of one profiled call and the ops that take the host's time.
 import sys
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity
 
 import linearize.kernels  # noqa: F401
-from linearize.bench_train import STAGES, bench
+from linearize.bench_train import STAGES, bench, profile_nth_call
 from linearize.kernels.bench import smollm2_like
 
 method = sys.argv[1] if len(sys.argv) > 1 else "lizard"
@@ -19,22 +19,15 @@ T = int(sys.argv[3]) if len(sys.argv) > 3 else 1024
 model, _ = smollm2_like(None, "cuda", torch.float32)
 
 
-def wrap(name, step):
-    calls = [0]
+def show(name, prof):
+    print(f"== {name} ({method}, {B}x{T})")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60))
+    # the step is host-bound when the CUDA total is well under the wall time: where the host goes
+    print(f"== {name} host side: top ops by self CPU time")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
 
-    def profiled():
-        calls[0] += 1
-        if calls[0] != 3:  # profile one call after warm-up, time the others
-            return step()
-        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-            step()
-            torch.cuda.synchronize()
-        print(f"== {name} ({method}, {B}x{T})")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60))
-        # the step is host-bound when the CUDA total is well under the wall time: where the host goes
-        print(f"== {name} host side: top ops by self CPU time")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
-    return profiled
+
+wrap = profile_nth_call(None, show, activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU])
 
 
 res = bench("smollm2-shape", B, T, method, model=model, wrap=wrap, warmup=3, iters=5)

@@ -22,14 +22,22 @@ from .chunk import no_autograd
 
 
 @triton.jit
-def _rmsnorm_kernel(x_ptr, w_ptr, o_ptr, R, N, sx, eps, ROWS: tl.constexpr, BN: tl.constexpr):
+def _load_rows(x_ptr, R, N, sx, eps, ROWS: tl.constexpr, BN: tl.constexpr):
+    """This program's ROWS rows of x: (x as stored, x in float32, r = rsqrt(mean(x^2) + eps) per row,
+    row indices, column indices, the [ROWS, BN] mask)."""
     r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     c = tl.arange(0, BN)
-    mr, mc = r < R, c < N
-    m = mr[:, None] & mc[None, :]
+    m = (r < R)[:, None] & (c < N)[None, :]
     x = tl.load(x_ptr + r[:, None].to(tl.int64) * sx + c[None, :], mask=m, other=0.)
     xf = x.to(tl.float32)
     inv = 1.0 / tl.sqrt(tl.sum(xf * xf, 1) / N + eps)
+    return x, xf, inv, r, c, m
+
+
+@triton.jit
+def _rmsnorm_kernel(x_ptr, w_ptr, o_ptr, R, N, sx, eps, ROWS: tl.constexpr, BN: tl.constexpr):
+    x, xf, inv, r, c, m = _load_rows(x_ptr, R, N, sx, eps, ROWS, BN)
+    mc = c < N
     y = (xf * inv[:, None]).to(x.dtype).to(tl.float32)  # HF rounds before the weight multiplies
     w = tl.load(w_ptr + c, mask=mc, other=0.).to(tl.float32)
     tl.store(o_ptr + r[:, None].to(tl.int64) * N + c[None, :], (w[None, :] * y).to(o_ptr.dtype.element_ty), mask=m)
@@ -40,13 +48,8 @@ def _rmsnorm_bwd_kernel(x_ptr, w_ptr, dy_ptr, dx_ptr, dw_ptr, R, N, sx, sdy, eps
                         ROWS: tl.constexpr, BN: tl.constexpr, DW: tl.constexpr):
     """dx for ROWS rows (r recomputed from x: one row reduction, cheaper than storing it); with DW,
     this program's partial sum of dw over its rows into dw_ptr[program, :N]."""
-    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    c = tl.arange(0, BN)
-    mr, mc = r < R, c < N
-    m = mr[:, None] & mc[None, :]
-    x = tl.load(x_ptr + r[:, None].to(tl.int64) * sx + c[None, :], mask=m, other=0.)
-    xf = x.to(tl.float32)
-    inv = 1.0 / tl.sqrt(tl.sum(xf * xf, 1) / N + eps)
+    x, xf, inv, r, c, m = _load_rows(x_ptr, R, N, sx, eps, ROWS, BN)
+    mc = c < N
     xh = xf * inv[:, None]
     dy = tl.load(dy_ptr + r[:, None].to(tl.int64) * sdy + c[None, :], mask=m, other=0.).to(tl.float32)
     w = tl.load(w_ptr + c, mask=mc, other=0.).to(tl.float32)

@@ -58,6 +58,30 @@ def time_step(step, device: torch.device, warmup: int, iters: int) -> float:
 STAGES = ("distill", "distill_graph", "finetune", "finetune_graph")  # the rows compared with the teacher
 
 
+def profile_nth_call(names, on_profile, n: int = 3, **profile_kwargs):
+    """A ``wrap`` for ``bench``: the ``n``-th call of each step named in ``names`` (None: every step)
+    runs under ``torch.profiler.profile(**profile_kwargs)``, then ``on_profile(name, prof)``; the
+    other calls (warm-up, the timed ones) run as they are. With ``bench``'s warm-up of 3 or more, the
+    profiled call is an untimed one."""
+    from torch.profiler import profile
+
+    def wrap(name, step):
+        if names is not None and name not in names:
+            return step
+        calls = [0]
+
+        def profiled():
+            calls[0] += 1
+            if calls[0] != n:
+                return step()
+            with profile(**profile_kwargs) as prof:
+                step()
+                torch.cuda.synchronize()
+            on_profile(name, prof)
+        return profiled
+    return wrap
+
+
 def store_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:
     """Frozen parameters in ``dtype``, trainable ones in fp32: what ``linearize.training.train``
     does to a model loaded in ``dtype``."""
