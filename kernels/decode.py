@@ -11,8 +11,10 @@ of the first launch has read the old slot. Each row slice writes its own rows of
 gate rings (no other program reads them). The "tile" variant is one program per head walking the
 value blocks in turn.
 
-The step counter lives in a device tensor (state["pos"], int32 [B]) so a CUDA graph can replay the
-step; the Python int state["n"] is kept in step for the reference code and the cache.
+The step counter lives in a device tensor (state["pos"], int32 [B, H]: one per head, so each head's
+combine program advances its own after its last read, and the step needs no third launch) so a CUDA
+graph can replay the step; the Python int state["n"] is kept in step for the reference code and the
+cache.
 """
 from __future__ import annotations
 
@@ -114,7 +116,7 @@ def _hybrid_step_kernel_tile(
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
     h = bh % H
-    n = tl.load(pos_ptr + b)
+    n = tl.load(pos_ptr + bh)
     slot = n % W
     evict = n >= W
 
@@ -187,11 +189,16 @@ def _hybrid_step_kernel_tile(
         tl.store(validr_ptr + b * W + slot, cur_valid.to(validr_ptr.dtype.element_ty))
 
 
-def _pos(state, B, device):
+def step_counter(n: int, B: int, H: int, device) -> torch.Tensor:
+    """state["pos"] for a hybrid state after n tokens: int32 [B, H], every entry n."""
+    return torch.full((B, H), int(n), dtype=torch.int32, device=device)
+
+
+def _pos(state, B, H, device):
     """The device step counter, created from state["n"] the first time a kernel sees the state."""
     pos = state.get("pos")
-    if pos is None or pos.shape[0] != B:
-        pos = torch.full((B,), int(state["n"]), dtype=torch.int32, device=device)
+    if pos is None or tuple(pos.shape) != (B, H):
+        pos = step_counter(state["n"], B, H, device)
         state["pos"] = pos
     return pos
 
@@ -221,7 +228,7 @@ def _hybrid_step_kernel_sliced(
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
     h = bh % H
-    n = tl.load(pos_ptr + b)
+    n = tl.load(pos_ptr + bh)
     slot = n % W
     evict = n >= W
     SV1 = V + 1
@@ -300,11 +307,11 @@ def _hybrid_step_combine_sliced(
     """Per head, after _hybrid_step_kernel_sliced: the output from the head's partial sums
     part[bh] [NF + 1, V + 1] (rows 0 .. NF-1: the linear state's slices, numerator then normaliser;
     row NF: the window half), then this step's key and value into the ring (every reader of the old
-    slot was in the first launch)."""
+    slot was in the first launch), then the head's step counter."""
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
     h = bh % H
-    n = tl.load(pos_ptr + b)
+    n = tl.load(pos_ptr + bh)
     slot = n % W
     SV1 = V + 1
     pbase = part_ptr + bh * (NF + 1) * SV1
@@ -331,6 +338,7 @@ def _hybrid_step_combine_sliced(
         else:
             cur_valid = n >= 0
         tl.store(validr_ptr + b * W + slot, cur_valid.to(validr_ptr.dtype.element_ty))
+    tl.store(pos_ptr + bh, n + 1)  # this head's counter: no other program of this launch reads it
 
 
 # Variants of the hybrid step: "sliced" (the default) spreads each head's state rows over programs,
@@ -356,7 +364,7 @@ def hybrid_step_triton(state, q, k, v, fq, fk, g, mix, scale, valid=None, meta_k
     W = state["k"].shape[2]
     has_meta = meta_k is not None and meta_k.shape[-2] > 0
     M = meta_k.shape[-2] if has_meta else 0
-    pos = _pos(state, B, q.device)
+    pos = _pos(state, B, H, q.device)
     o = torch.empty(B, H, V, device=q.device, dtype=q.dtype)
     c = lambda x: x.contiguous()  # noqa: E731
     dummy = state["S"]  # stands in for absent optional inputs (the kernels' flags skip them)
@@ -390,7 +398,7 @@ def hybrid_step_triton(state, q, k, v, fq, fk, g, mix, scale, valid=None, meta_k
     else:
         _hybrid_step_kernel_tile[(B * H,)](*args, **flags, BV=64 if V > 32 else pow2_block(V),
                                            num_warps=8 if W * D >= 4096 else 4)
-    advance(state)
+    advance(state, inc_pos=variant != "sliced")  # the sliced combine advanced the counters itself
     return o
 
 

@@ -212,8 +212,9 @@ def _prepare_states(cache):
     for layer in cache.layers:
         if isinstance(layer, RecurrentLayer) and layer.state is not None and "k" in layer.state:
             st = layer.state
-            B = st["k"].shape[0]
-            st["pos"] = torch.full((B,), int(st["n"]), dtype=torch.int32, device=st["k"].device)
+            B, H = st["k"].shape[:2]
+            # kernels/decode.py's layout (kept here so this module needs no Triton): one counter per head
+            st["pos"] = torch.full((B, H), int(st["n"]), dtype=torch.int32, device=st["k"].device)
 
 
 @torch.no_grad()
