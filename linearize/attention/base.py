@@ -26,6 +26,7 @@ from .fusion import fused
 from .softmax import softmax_attention, softmax_weights
 
 MODES = ("student", "teacher", "transfer")
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 @fused
@@ -34,7 +35,6 @@ def output_mse(pred, target):
     Compiled on the GPU: one reduction forward and one kernel backward, instead of two float32
     copies, the loss, its backward and a cast back."""
     return F.mse_loss(pred.float(), target.float())
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 def rotate_half(x):
