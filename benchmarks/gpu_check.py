@@ -324,16 +324,12 @@ def training_kernels():
     labels = torch.randint(0, V, (B, T), device=dev)
     labels[:, :100] = -100
 
-    def hf(hh):
-        lg = (hh @ W.t()).float()
-        lab = torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
-        return torch.nn.functional.cross_entropy(lg.reshape(-1, V), lab.reshape(-1), ignore_index=-100)
+    lab = torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:].reshape(-1)  # HF's shift
+
+    def hf(hh, ww=W):  # HF's loss on full logits, in hh's dtype, the softmax in fp32
+        return torch.nn.functional.cross_entropy((hh @ ww.t()).float().reshape(-1, V), lab, ignore_index=-100)
     hf32 = h.detach().float().requires_grad_()
-    with torch.no_grad():
-        W32 = W.float()
-    lg32 = hf32 @ W32.t()
-    lab = torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
-    l_ref = torch.nn.functional.cross_entropy(lg32.reshape(-1, V), lab.reshape(-1), ignore_index=-100)
+    l_ref = hf(hf32, W.float())
     (g_ref,) = torch.autograd.grad(l_ref, (hf32,))
     l_got = lm_loss(h, W, labels)
     (g_got,) = torch.autograd.grad(l_got, (h,))

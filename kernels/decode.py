@@ -189,13 +189,10 @@ def _hybrid_step_kernel_tile(
         tl.store(validr_ptr + b * W + slot, cur_valid.to(validr_ptr.dtype.element_ty))
 
 
-def step_counter(n: int, B: int, H: int, device) -> torch.Tensor:
-    """state["pos"] for a hybrid state after n tokens: int32 [B, H], every entry n."""
-    return torch.full((B, H), int(n), dtype=torch.int32, device=device)
-
-
 def _pos(state, B, H, device):
     """The device step counter, created from state["n"] the first time a kernel sees the state."""
+    from linearize.attention.hybrid import step_counter
+
     pos = state.get("pos")
     if pos is None or tuple(pos.shape) != (B, H):
         pos = step_counter(state["n"], B, H, device)

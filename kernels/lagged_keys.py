@@ -102,7 +102,7 @@ def _lagged_keys_bwd_kernel(fk_ptr, g_ptr, dk_ptr, dfk_ptr, dg_ptr, T, F, W, H, 
     tl.store(dg_ptr + base + j[:, None] * F + c[None, :], dg.to(dg_ptr.dtype.element_ty), mask=in_j)
 
 
-def _launch(T, F, w, backward=False):
+def _launch(F, w, backward=False):
     """(row block, feature block). The backward holds about eight [BT, BC] fp32 tiles: at BT = BC = 64
     they spill (H100, SmolLM2 Lizard layer: 200 us against the forward's 58), so it takes half the
     features."""
@@ -133,7 +133,7 @@ class LaggedKeys(torch.autograd.Function):
         dk = dk.contiguous()
         dfk = torch.empty_like(fk)
         dg = torch.empty(B, H, T, F, device=g.device, dtype=g.dtype)
-        BT, BC = _launch(T, F, w, backward=True)
+        BT, BC = _launch(F, w, backward=True)
         _lagged_keys_bwd_kernel[(triton.cdiv(T, BT), B * H, triton.cdiv(F, BC))](
             fk, g, dk, dfk, dg, T, F, w, H, g.stride(0), g.stride(1), g.stride(2), BT=BT, BC=BC, num_warps=4)
         return dfk, dg, None
@@ -175,10 +175,10 @@ def _gated_lagged_keys(fk, g, w: int):
     fk = fk.contiguous()
     if g.stride(-1) != 1:
         g = g.contiguous()
-    # g is read through its strides: the gate arrives as a heads-first view of [B, T, H, F], and a
-    # contiguous copy of it (fp32, 1.2 GB a layer at B16 x 16K) cost more than this kernel
+    # g is read through its strides: a heads-first view of [B, T, H, F] needs no contiguous copy
+    # (fp32, 1.2 GB a layer at B16 x 16K, which cost more than this kernel)
     kk = torch.empty_like(fk)
-    BT, BC = _launch(T, F, w)
+    BT, BC = _launch(F, w)
     _lagged_keys_kernel[(triton.cdiv(T, BT), B * H, triton.cdiv(F, BC))](
         fk, g, kk, T, F, w, H, g.stride(0), g.stride(1), g.stride(2), BT=BT, BC=BC, num_warps=4)
     return kk, fk, g

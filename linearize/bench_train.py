@@ -168,10 +168,11 @@ def bench(model_name: str = "smollm2-135m", batch: int = 16, seq: int = 1024, me
             p.grad = None
 
     set_mode(model, "student")
-    peft_model = add_lora(model, FinetuneConfig())
+    fcfg = FinetuneConfig()  # the recipe defaults
+    peft_model = add_lora(model, fcfg)
     peft_model.to(dev)
     store_frozen(peft_model, getattr(torch, frozen_dtype))
-    ft_loss = make_finetune_loss(peft_model, FinetuneConfig())  # what stage 2 trains on
+    ft_loss = make_finetune_loss(peft_model, fcfg)  # what stage 2 trains on
     t = time_step(wrap("finetune", run(lambda: ft_loss(peft_model, b)[0])), dev, warmup, iters)
     out["finetune"] = {"step_s": t, "tokens_per_s": tokens / t}
     if graph and dev.type == "cuda":

@@ -25,6 +25,7 @@ from typing import Iterator
 
 import torch
 
+from .attention.hybrid import step_counter
 from .cache import LinearizedCache, RecurrentLayer, StaticKV
 from .cache_kwarg import cache_kwarg, output_cache
 
@@ -212,9 +213,7 @@ def _prepare_states(cache):
     for layer in cache.layers:
         if isinstance(layer, RecurrentLayer) and layer.state is not None and "k" in layer.state:
             st = layer.state
-            B, H = st["k"].shape[:2]
-            # kernels/decode.py's layout (kept here so this module needs no Triton): one counter per head
-            st["pos"] = torch.full((B, H), int(st["n"]), dtype=torch.int32, device=st["k"].device)
+            st["pos"] = step_counter(st["n"], *st["k"].shape[:2], st["k"].device)
 
 
 @torch.no_grad()

@@ -133,6 +133,12 @@ def hybrid_chunked(q, k, v, fq, fk, g, mix, window, scale, valid=None, meta_k=No
 
 # ----------------------------------------------------------------------------- recurrent form
 
+def step_counter(n: int, B: int, H: int, device) -> torch.Tensor:
+    """state["pos"], the device step counter the Triton decode kernels keep beside a state after n
+    tokens (so a CUDA graph can replay the step): int32 [B, H], one per head, every entry n."""
+    return torch.full((B, H), int(n), dtype=torch.int32, device=device)
+
+
 def init_state(B, H, D, V, F, window, gated, device, dtype):
     """Empty recurrent state. Ring slots hold post-RoPE keys; slot of position p is p % window."""
     sdt = torch.float64 if dtype == torch.float64 else torch.float32
